@@ -1,1 +1,109 @@
-//! placeholder
+//! Roost's embedded MQTT broker.
+//!
+//! rumqttd's router does topic matching, fan-out and QoS; Roost owns the network edge in
+//! front of it. Layout:
+//! - `edge`: the public listener (one port, MQTT 3.1.1 and 5), limits, metrics, watching
+//!   every packet that enters;
+//! - `embed`: rumqttd's router and internal servers, and in-process links;
+//! - `client`: [`BrokerClient`], how the rest of the node publishes and subscribes;
+//! - `frame`: MQTT framing as the edge needs it;
+//! - `retained`, `metrics`, `settings`, `error`.
+//!
+//! docs/broker.md explains the design and which rumqttd defect each part answers.
+
+pub mod client;
+mod edge;
+mod embed;
+mod error;
+pub mod frame;
+mod metrics;
+mod retained;
+mod settings;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use client::{BrokerClient, Message, Subscription};
+pub use error::{Error, Result};
+pub use metrics::BrokerMetrics;
+pub use retained::RetainedIndex;
+pub use settings::BrokerSettings;
+
+/// A running broker: its listener address, its in-process client and its metrics.
+pub struct Broker {
+    /// The address the public listener is bound to (the real port when 0 was asked for).
+    local_addr: SocketAddr,
+    /// The node's in-process client.
+    client: BrokerClient,
+    /// Retained topics the broker holds.
+    retained: RetainedIndex,
+}
+
+impl Broker {
+    /// Binds the public listener, starts rumqttd behind it and begins accepting clients.
+    ///
+    /// Called once per process. The accept loop and every connection run on `tracker` and
+    /// stop when `token` is cancelled; rumqttd's own threads end with the process.
+    pub async fn start(
+        settings: BrokerSettings,
+        registry: &prometheus::Registry,
+        token: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Result<Broker> {
+        let metrics = BrokerMetrics::register(registry)?;
+        let retained = RetainedIndex::new(metrics.retained.clone());
+        // Bind first: a taken port is the most likely startup error and the cheapest to find.
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: settings.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| Error::Bind {
+            addr: settings.listen,
+            source,
+        })?;
+        let embedded = embed::start(&settings).await?;
+        tracing::debug!(v4 = %embedded.v4, v5 = %embedded.v5, "rumqttd internal servers up");
+        let client = BrokerClient::start(
+            embedded.links.clone(),
+            metrics.clone(),
+            retained.clone(),
+            token.clone(),
+            tracker.clone(),
+        )
+        .await?;
+        let edge = Arc::new(edge::Edge {
+            settings,
+            v4: embedded.v4,
+            v5: embedded.v5,
+            metrics,
+            retained: retained.clone(),
+        });
+        tracker.spawn(edge::run(edge, listener, token, tracker.clone()));
+        Ok(Broker {
+            local_addr,
+            client,
+            retained,
+        })
+    }
+
+    /// Where MQTT clients connect.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle to the node's in-process client.
+    pub fn client(&self) -> BrokerClient {
+        self.client.clone()
+    }
+
+    /// How many retained messages the broker holds.
+    pub fn retained_count(&self) -> usize {
+        self.retained.len()
+    }
+}

@@ -1,0 +1,452 @@
+//! MQTT wire framing as the edge needs it: split a byte stream into packets (fixed header and
+//! remaining length), and read the few fields the edge acts on (CONNECT's protocol level,
+//! client id and will; PUBLISH's retain flag, topic and payload size). It never rewrites a
+//! packet; full decoding stays with rumqttd's codecs behind the edge.
+
+/// MQTT control packet types the edge looks at (the high nibble of the first byte).
+pub mod kind {
+    /// CONNECT, the first packet of every connection.
+    pub const CONNECT: u8 = 1;
+    /// PUBLISH, in either direction.
+    pub const PUBLISH: u8 = 3;
+    /// DISCONNECT from the client: a clean close, so no will.
+    pub const DISCONNECT: u8 = 14;
+}
+
+/// The largest value the four-byte remaining-length field can hold.
+pub const MAX_REMAINING_LENGTH: usize = 268_435_455;
+
+/// Why a byte stream is not MQTT.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The remaining-length field runs past four bytes.
+    #[error("malformed remaining length")]
+    MalformedLength,
+    /// The packet is larger than the configured maximum.
+    #[error("packet of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Size of the whole packet.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The packet's variable header or payload is cut short or inconsistent.
+    #[error("malformed {0} packet")]
+    Malformed(&'static str),
+    /// The first packet of a connection was not CONNECT.
+    #[error("first packet is type {0}, not CONNECT")]
+    NotConnect(u8),
+    /// CONNECT names a protocol other than MQTT.
+    #[error("unknown protocol name")]
+    UnknownProtocol,
+}
+
+/// The header of one packet found at the start of a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// The first byte: packet type in the high nibble, flags in the low nibble.
+    pub byte1: u8,
+    /// Length of the fixed header (1 + the remaining-length bytes).
+    pub header_len: usize,
+    /// The remaining length: variable header plus payload.
+    pub remaining: usize,
+}
+
+impl Header {
+    /// The packet type (1..=15).
+    pub fn kind(&self) -> u8 {
+        self.byte1 >> 4
+    }
+
+    /// Length of the whole packet in bytes.
+    pub fn total_len(&self) -> usize {
+        self.header_len + self.remaining
+    }
+}
+
+/// Reads the fixed header at the start of `buf`.
+///
+/// Returns `Ok(None)` when more bytes are needed to know the header, and an error as soon as
+/// the header is malformed or announces a packet over `limit` bytes, before its body arrives.
+pub fn parse_header(buf: &[u8], limit: usize) -> Result<Option<Header>, FrameError> {
+    let Some(&byte1) = buf.first() else {
+        return Ok(None);
+    };
+    let mut remaining = 0usize;
+    let mut shift = 0;
+    for i in 1..=4 {
+        let Some(&b) = buf.get(i) else {
+            return Ok(None);
+        };
+        remaining |= usize::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            let header = Header {
+                byte1,
+                header_len: i + 1,
+                remaining,
+            };
+            if header.total_len() > limit {
+                return Err(FrameError::TooLarge {
+                    size: header.total_len(),
+                    limit,
+                });
+            }
+            return Ok(Some(header));
+        }
+        shift += 7;
+    }
+    Err(FrameError::MalformedLength)
+}
+
+/// The MQTT protocol generation a client asked for in CONNECT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// MQTT 3.1 (level 3, "MQIsdp"): recognised so it can be refused properly.
+    V31,
+    /// MQTT 3.1.1 (level 4).
+    V311,
+    /// MQTT 5 (level 5).
+    V5,
+    /// Any other level: refused with "unacceptable protocol version".
+    Other(u8),
+}
+
+/// What the edge needs to know about a CONNECT packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connect {
+    /// The protocol level asked for.
+    pub protocol: Protocol,
+    /// The client identifier (may be empty).
+    pub client_id: String,
+    /// The will, if the client set one: topic and whether it is retained.
+    pub will: Option<Will>,
+}
+
+/// The parts of a will the edge tracks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Will {
+    /// Where the will is published.
+    pub topic: String,
+    /// Whether the will is retained.
+    pub retain: bool,
+    /// Whether the will payload is empty (which deletes a retained message).
+    pub empty: bool,
+}
+
+/// A cursor over a packet body that fails with the packet's name instead of panicking.
+struct Reader<'a> {
+    buf: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
+        if self.buf.len() < n {
+            return Err(FrameError::Malformed(self.what));
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, FrameError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, FrameError> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn binary(&mut self) -> Result<&'a [u8], FrameError> {
+        let n = usize::from(self.u16()?);
+        self.take(n)
+    }
+
+    fn string(&mut self) -> Result<String, FrameError> {
+        let what = self.what;
+        let bytes = self.binary()?;
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|_| FrameError::Malformed(what))
+    }
+
+    /// An MQTT 5 variable byte integer.
+    fn varint(&mut self) -> Result<usize, FrameError> {
+        let mut value = 0usize;
+        for shift in [0, 7, 14, 21] {
+            let b = self.u8()?;
+            value |= usize::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(FrameError::Malformed(self.what))
+    }
+
+    /// Skips an MQTT 5 property block.
+    fn skip_properties(&mut self) -> Result<(), FrameError> {
+        let len = self.varint()?;
+        self.take(len).map(|_| ())
+    }
+}
+
+/// Reads a CONNECT packet (the whole packet, fixed header included).
+pub fn parse_connect(packet: &[u8], header: &Header) -> Result<Connect, FrameError> {
+    if header.kind() != kind::CONNECT {
+        return Err(FrameError::NotConnect(header.kind()));
+    }
+    let mut r = Reader {
+        buf: &packet[header.header_len..header.total_len()],
+        what: "CONNECT",
+    };
+    let name = r.binary()?;
+    let level = r.u8()?;
+    let protocol = match (name, level) {
+        (b"MQTT", 4) => Protocol::V311,
+        (b"MQTT", 5) => Protocol::V5,
+        (b"MQIsdp", 3) => Protocol::V31,
+        (b"MQTT" | b"MQIsdp", other) => Protocol::Other(other),
+        _ => return Err(FrameError::UnknownProtocol),
+    };
+    if matches!(protocol, Protocol::V31 | Protocol::Other(_)) {
+        return Ok(Connect {
+            protocol,
+            client_id: String::new(),
+            will: None,
+        });
+    }
+    let flags = r.u8()?;
+    let _keep_alive = r.u16()?;
+    if protocol == Protocol::V5 {
+        r.skip_properties()?;
+    }
+    let client_id = r.string()?;
+    let will = if flags & 0x04 != 0 {
+        if protocol == Protocol::V5 {
+            r.skip_properties()?;
+        }
+        let topic = r.string()?;
+        let payload = r.binary()?;
+        Some(Will {
+            topic,
+            retain: flags & 0x20 != 0,
+            empty: payload.is_empty(),
+        })
+    } else {
+        None
+    };
+    Ok(Connect {
+        protocol,
+        client_id,
+        will,
+    })
+}
+
+/// What the edge needs to know about a PUBLISH packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishInfo {
+    /// The topic name; empty when an MQTT 5 client uses a topic alias instead.
+    pub topic: String,
+    /// The retain flag.
+    pub retain: bool,
+    /// Whether the payload is empty.
+    pub empty: bool,
+}
+
+/// Reads a PUBLISH packet (the whole packet, fixed header included) of the given protocol.
+pub fn parse_publish(
+    packet: &[u8],
+    header: &Header,
+    protocol: Protocol,
+) -> Result<PublishInfo, FrameError> {
+    let flags = header.byte1 & 0x0f;
+    let qos = (flags >> 1) & 0x03;
+    if qos == 3 {
+        return Err(FrameError::Malformed("PUBLISH"));
+    }
+    let mut r = Reader {
+        buf: &packet[header.header_len..header.total_len()],
+        what: "PUBLISH",
+    };
+    let topic = r.string()?;
+    if qos > 0 {
+        r.u16()?;
+    }
+    if protocol == Protocol::V5 {
+        r.skip_properties()?;
+    }
+    Ok(PublishInfo {
+        topic,
+        retain: flags & 0x01 != 0,
+        empty: r.buf.is_empty(),
+    })
+}
+
+/// Encodes a CONNACK refusing the connection, in the client's protocol generation.
+///
+/// `code` is the MQTT 3.1.1 return code (1: unacceptable protocol version, 3: server
+/// unavailable); for MQTT 5 the matching reason code is used.
+pub fn connack_refusal(protocol: Protocol, code: u8) -> Vec<u8> {
+    match protocol {
+        Protocol::V5 => {
+            let reason = match code {
+                1 => 0x84,
+                _ => 0x88,
+            };
+            vec![0x20, 0x03, 0x00, reason, 0x00]
+        }
+        _ => vec![0x20, 0x02, 0x00, code],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(buf: &[u8]) -> Header {
+        parse_header(buf, usize::MAX).unwrap().unwrap()
+    }
+
+    fn connect_v4(client_id: &str, will: Option<(&str, &[u8], bool)>) -> Vec<u8> {
+        let mut body = vec![0, 4];
+        body.extend_from_slice(b"MQTT");
+        body.push(4);
+        let mut flags = 0x02;
+        if let Some((_, _, retain)) = will {
+            flags |= 0x04 | if retain { 0x20 } else { 0 };
+        }
+        body.push(flags);
+        body.extend_from_slice(&60u16.to_be_bytes());
+        body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+        body.extend_from_slice(client_id.as_bytes());
+        if let Some((topic, payload, _)) = will {
+            body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+            body.extend_from_slice(topic.as_bytes());
+            body.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+            body.extend_from_slice(payload);
+        }
+        let mut packet = vec![0x10, body.len() as u8];
+        packet.extend(body);
+        packet
+    }
+
+    #[test]
+    fn header_needs_more_bytes() {
+        assert_eq!(parse_header(&[], 100), Ok(None));
+        assert_eq!(parse_header(&[0x30], 100), Ok(None));
+        assert_eq!(parse_header(&[0x30, 0x80], 1000), Ok(None));
+    }
+
+    #[test]
+    fn header_multi_byte_length() {
+        let h = header(&[0x30, 0xc1, 0x02]);
+        assert_eq!(h.remaining, 321);
+        assert_eq!(h.header_len, 3);
+        assert_eq!(h.kind(), kind::PUBLISH);
+    }
+
+    #[test]
+    fn header_rejects_five_length_bytes() {
+        assert_eq!(
+            parse_header(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01], usize::MAX),
+            Err(FrameError::MalformedLength)
+        );
+    }
+
+    #[test]
+    fn header_rejects_oversized_before_body() {
+        assert_eq!(
+            parse_header(&[0x30, 0xc1, 0x02], 100),
+            Err(FrameError::TooLarge {
+                size: 324,
+                limit: 100
+            })
+        );
+    }
+
+    #[test]
+    fn connect_v311_with_retained_will() {
+        let p = connect_v4("sensor-1", Some(("home/s1/status", b"offline", true)));
+        let c = parse_connect(&p, &header(&p)).unwrap();
+        assert_eq!(c.protocol, Protocol::V311);
+        assert_eq!(c.client_id, "sensor-1");
+        assert_eq!(
+            c.will,
+            Some(Will {
+                topic: "home/s1/status".into(),
+                retain: true,
+                empty: false
+            })
+        );
+    }
+
+    #[test]
+    fn connect_v5_skips_properties() {
+        let mut body = vec![0, 4];
+        body.extend_from_slice(b"MQTT");
+        body.extend_from_slice(&[5, 0x02, 0, 30]);
+        body.extend_from_slice(&[5, 0x11, 0, 0, 0, 10]); // session expiry interval
+        body.extend_from_slice(&[0, 2]);
+        body.extend_from_slice(b"c5");
+        let mut p = vec![0x10, body.len() as u8];
+        p.extend(body);
+        let c = parse_connect(&p, &header(&p)).unwrap();
+        assert_eq!(c.protocol, Protocol::V5);
+        assert_eq!(c.client_id, "c5");
+        assert_eq!(c.will, None);
+    }
+
+    #[test]
+    fn connect_old_and_unknown_levels() {
+        let mut p = vec![0x10, 12, 0, 6];
+        p.extend_from_slice(b"MQIsdp");
+        p.extend_from_slice(&[3, 0x02, 0, 60]);
+        assert_eq!(parse_connect(&p, &header(&p)).unwrap().protocol, Protocol::V31);
+        let mut q = vec![0x10, 10, 0, 4];
+        q.extend_from_slice(b"MQTT");
+        q.extend_from_slice(&[9, 0x02, 0, 60]);
+        assert_eq!(
+            parse_connect(&q, &header(&q)).unwrap().protocol,
+            Protocol::Other(9)
+        );
+    }
+
+    #[test]
+    fn connect_rejects_garbage() {
+        let p = [0x10, 4, 0, 2, b'H', b'T'];
+        assert_eq!(
+            parse_connect(&p, &header(&p)),
+            Err(FrameError::Malformed("CONNECT"))
+        );
+        let q = [0x47, 0x45, 0x54, 0x20];
+        assert_eq!(parse_connect(&q, &header(&q)), Err(FrameError::NotConnect(4)));
+    }
+
+    #[test]
+    fn publish_fields() {
+        // QoS 1, retain, topic "a/b", packet id 7, payload "on"
+        let p = [0x33, 9, 0, 3, b'a', b'/', b'b', 0, 7, b'o', b'n'];
+        let info = parse_publish(&p, &header(&p), Protocol::V311).unwrap();
+        assert_eq!(
+            info,
+            PublishInfo {
+                topic: "a/b".into(),
+                retain: true,
+                empty: false
+            }
+        );
+        // MQTT 5, QoS 0, empty property block, empty payload
+        let q = [0x31, 6, 0, 3, b'a', b'/', b'b', 0];
+        let info = parse_publish(&q, &header(&q), Protocol::V5).unwrap();
+        assert!(info.empty && info.retain);
+    }
+
+    #[test]
+    fn publish_rejects_qos3_and_truncation() {
+        let p = [0x36, 5, 0, 3, b'a', b'/', b'b'];
+        assert!(parse_publish(&p, &header(&p), Protocol::V311).is_err());
+        let q = [0x30, 3, 0, 9, b'a'];
+        assert!(parse_publish(&q, &header(&q), Protocol::V311).is_err());
+    }
+}

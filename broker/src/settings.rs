@@ -1,0 +1,18 @@
+//! Validated settings of the embedded broker. The gateway maps its config file onto these;
+//! nothing in this crate reads files.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// How the node's MQTT broker listens and what it accepts.
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    /// The public listener for MQTT 3.1.1 and MQTT 5 clients (port 0 lets the OS choose).
+    pub listen: SocketAddr,
+    /// The most network clients connected at once; more are refused at accept.
+    pub max_connections: usize,
+    /// The largest MQTT packet a client may send, in bytes (fixed header included).
+    pub max_packet_size: usize,
+    /// How long a new connection has to send its CONNECT packet.
+    pub connect_timeout: Duration,
+}
