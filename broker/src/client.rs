@@ -107,7 +107,12 @@ impl BrokerClient {
 
     /// Publishes `payload` on `topic` at QoS 0, retained if asked. Resolves once the message
     /// is queued for the router; waits if the queue is full.
-    pub async fn publish(&self, topic: &str, payload: impl Into<Bytes>, retain: bool) -> Result<()> {
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        retain: bool,
+    ) -> Result<()> {
         validate_topic(topic)?;
         let payload = payload.into();
         let empty = payload.is_empty();
@@ -165,7 +170,11 @@ impl BrokerClient {
 /// Moves queued publishes into the router; ends when every client handle is dropped.
 fn publisher(mut link: LinkTx, mut queue: mpsc::Receiver<Publish>) {
     while let Some(publish) = queue.blocking_recv() {
-        if let Err(e) = send_blocking("roost-node-publisher", &mut link, Packet::Publish(publish, None)) {
+        if let Err(e) = send_blocking(
+            "roost-node-publisher",
+            &mut link,
+            Packet::Publish(publish, None),
+        ) {
             tracing::error!(error = %e, "in-process publishes stop");
             return;
         }

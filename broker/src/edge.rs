@@ -126,7 +126,9 @@ impl Edge {
             Err(end) => end,
         };
         match &end {
-            End::Protocol(e) => tracing::warn!(error = %e, "MQTT connection closed: protocol error"),
+            End::Protocol(e) => {
+                tracing::warn!(error = %e, "MQTT connection closed: protocol error")
+            }
             End::Io(e) => tracing::debug!(error = %e, "MQTT connection closed: socket error"),
             other => tracing::debug!(end = ?other, "MQTT connection closed"),
         }
@@ -198,14 +200,17 @@ impl Edge {
         let end = {
             let (client_rx, mut client_tx) = client.split();
             let (broker_rx, broker_tx) = upstream.split();
-            let to_broker = self.client_to_broker(client_rx, broker_tx, inbound, connect.protocol, &mut clean);
+            let to_broker =
+                self.client_to_broker(client_rx, broker_tx, inbound, connect.protocol, &mut clean);
             let to_client = self.broker_to_client(broker_rx, &mut client_tx);
             let end = tokio::select! {
                 end = to_broker => end,
                 end = to_client => end,
                 () = token.cancelled() => End::Shutdown,
             };
-            if let (End::Protocol(FrameError::TooLarge { .. }), Protocol::V5) = (&end, connect.protocol) {
+            if let (End::Protocol(FrameError::TooLarge { .. }), Protocol::V5) =
+                (&end, connect.protocol)
+            {
                 // MQTT 5 lets the server say why: DISCONNECT with 0x95 "packet too large".
                 let _ = client_tx.write_all(&[0xe0, 0x01, 0x95]).await;
             }
@@ -228,12 +233,16 @@ impl Edge {
         protocol: Protocol,
         clean: &mut bool,
     ) -> End {
-        let published = self.metrics.messages_received.with_label_values(&["network"]);
+        let published = self
+            .metrics
+            .messages_received
+            .with_label_values(&["network"]);
         loop {
             // Walk the complete packets at the front of the buffer.
             let mut ready = 0;
             loop {
-                let header = match frame::parse_header(&buf[ready..], self.settings.max_packet_size) {
+                let header = match frame::parse_header(&buf[ready..], self.settings.max_packet_size)
+                {
                     Ok(Some(h)) => h,
                     Ok(None) => break,
                     Err(e) => return self.protocol_error(e),
@@ -253,7 +262,9 @@ impl Edge {
                         Err(e) => return self.protocol_error(e),
                     },
                     kind::DISCONNECT => *clean = true,
-                    kind::CONNECT => return self.protocol_error(FrameError::Malformed("second CONNECT")),
+                    kind::CONNECT => {
+                        return self.protocol_error(FrameError::Malformed("second CONNECT"))
+                    }
                     _ => {}
                 }
                 ready += header.total_len();
@@ -329,7 +340,10 @@ impl Edge {
             FrameError::NotConnect(_) => "expected_connect",
             FrameError::UnknownProtocol => "unknown_protocol",
         };
-        self.metrics.protocol_errors.with_label_values(&[reason]).inc();
+        self.metrics
+            .protocol_errors
+            .with_label_values(&[reason])
+            .inc();
         End::Protocol(e)
     }
 }

@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::v4::V4;
-use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet};
 use rumqttd::protocol::v5::V5;
+use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet};
 use rumqttd::{
     ConnectionSettings, LinkType, Notification, Router, RouterConfig, Server, ServerSettings,
 };
@@ -180,7 +180,17 @@ pub(crate) async fn start(settings: &BrokerSettings) -> Result<Embedded> {
             requests
                 .send(request)
                 .map_err(|_| Error::Startup("the rumqttd thread has stopped".into()))?;
-            match verify(addr, protocol, &probe_id, &topic, &mut probe_rx, stopped_rx).await {
+            let client_id = format!("{probe_id}-{name}");
+            match verify(
+                addr,
+                protocol,
+                &client_id,
+                &topic,
+                &mut probe_rx,
+                stopped_rx,
+            )
+            .await
+            {
                 Ok(()) => break addr,
                 Err(e) if attempt < PORT_ATTEMPTS => {
                     tracing::debug!(%addr, error = %e, "internal listener not usable, retrying");
@@ -233,7 +243,9 @@ async fn verify(
             .map_err(io)?;
         let mut buf = Vec::with_capacity(64);
         let connack = loop {
-            if let Some(header) = frame::parse_header(&buf, 1024).map_err(|e| fail(e.to_string()))? {
+            if let Some(header) =
+                frame::parse_header(&buf, 1024).map_err(|e| fail(e.to_string()))?
+            {
                 if buf.len() >= header.total_len() {
                     break header;
                 }
@@ -252,7 +264,6 @@ async fn verify(
             .write_all(&probe_publish(protocol, topic))
             .await
             .map_err(io)?;
-        stream.write_all(&[0xe0, 0x00]).await.map_err(io)?;
         loop {
             match probe.next().await {
                 Ok(Some(Notification::Forward(f))) if f.publish.topic == topic.as_bytes() => {

@@ -402,7 +402,10 @@ mod tests {
         let mut p = vec![0x10, 12, 0, 6];
         p.extend_from_slice(b"MQIsdp");
         p.extend_from_slice(&[3, 0x02, 0, 60]);
-        assert_eq!(parse_connect(&p, &header(&p)).unwrap().protocol, Protocol::V31);
+        assert_eq!(
+            parse_connect(&p, &header(&p)).unwrap().protocol,
+            Protocol::V31
+        );
         let mut q = vec![0x10, 10, 0, 4];
         q.extend_from_slice(b"MQTT");
         q.extend_from_slice(&[9, 0x02, 0, 60]);
@@ -420,7 +423,10 @@ mod tests {
             Err(FrameError::Malformed("CONNECT"))
         );
         let q = [0x47, 0x45, 0x54, 0x20];
-        assert_eq!(parse_connect(&q, &header(&q)), Err(FrameError::NotConnect(4)));
+        assert_eq!(
+            parse_connect(&q, &header(&q)),
+            Err(FrameError::NotConnect(4))
+        );
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub struct Broker {
     local_addr: SocketAddr,
     /// The node's in-process client.
     client: BrokerClient,
+    /// The broker's counters, for the dashboard.
+    metrics: BrokerMetrics,
     /// Retained topics the broker holds.
     retained: RetainedIndex,
 }
@@ -81,13 +83,14 @@ impl Broker {
             settings,
             v4: embedded.v4,
             v5: embedded.v5,
-            metrics,
+            metrics: metrics.clone(),
             retained: retained.clone(),
         });
         tracker.spawn(edge::run(edge, listener, token, tracker.clone()));
         Ok(Broker {
             local_addr,
             client,
+            metrics,
             retained,
         })
     }
@@ -100,6 +103,11 @@ impl Broker {
     /// A handle to the node's in-process client.
     pub fn client(&self) -> BrokerClient {
         self.client.clone()
+    }
+
+    /// The broker's metrics (shared handles).
+    pub fn metrics(&self) -> BrokerMetrics {
+        self.metrics.clone()
     }
 
     /// How many retained messages the broker holds.

@@ -39,7 +39,8 @@ impl RetainedIndex {
         } else if !topics.contains(topic) {
             topics.insert(topic.into());
         }
-        self.gauge.set(i64::try_from(topics.len()).unwrap_or(i64::MAX));
+        self.gauge
+            .set(i64::try_from(topics.len()).unwrap_or(i64::MAX));
     }
 
     /// How many topics hold a retained message.

@@ -1,5 +1,24 @@
 //! The `roost` node as a library: everything the binary wires together, exposed so that
-//! integration tests and helper programs can use the same code.
+//! integration tests and helper programs use the same code.
+//!
+//! # Layout
+//! - `cli`, `app`: the command line, and one node's start order and shutdown;
+//! - `config`: the TOML file, validated into `Settings` with `FILE:LINE:COL` errors;
+//! - `state`: the redb state store, one writer with group commit, ready to replicate;
+//! - `cluster`, `topics`: the cluster view (members, leader, term) and every topic name;
+//! - `http`: `/health`, `/metrics`, the dashboard and its JSON API;
+//! - `telemetry`, `logging`: the Prometheus registry and tracing;
+//! - `demo`: the simulated devices of the no-argument mode;
+//! - `status`: the `roost status` command.
 
+pub mod app;
+pub mod cli;
+pub mod cluster;
 pub mod config;
+pub mod demo;
+pub mod http;
+pub mod logging;
 pub mod state;
+pub mod status;
+pub mod telemetry;
+pub mod topics;

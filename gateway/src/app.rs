@@ -1,0 +1,279 @@
+//! One node's life: start every part in order, announce the node, run until SIGTERM or
+//! Ctrl-C, then shut down within the contract's 5 s: announce offline, stop every task,
+//! flush the state store, exit 0.
+//!
+//! Start order: telemetry, state store, broker, cluster view, HTTP, presence, demo. Each part
+//! gets a child of the root cancellation token and runs on the shared task tracker.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use roost_broker::{Broker, BrokerClient, BrokerSettings};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cluster::{ClusterView, Event};
+use crate::config::Settings;
+use crate::demo::Demo;
+use crate::http::{self, AppState};
+use crate::logging;
+use crate::state::{Key, Namespace, Store};
+use crate::telemetry::Telemetry;
+use crate::topics::Topics;
+
+/// Time the node's tasks get to finish after the stop signal.
+const GRACE: Duration = Duration::from_secs(3);
+/// Time allowed for the offline announcement to pass through the broker.
+const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Time for the broker to hand the offline announcement to connected clients before their
+/// connections close; rumqttd gives no signal that its outgoing buffers are written.
+const ANNOUNCE_DRAIN: Duration = Duration::from_millis(200);
+
+/// Runs a node until it is told to stop. Builds the runtime; called once by `main`.
+pub fn run(settings: Settings) -> anyhow::Result<()> {
+    logging::init(&settings.log);
+    // Each MQTT client holds three descriptors on the edge path; the usual soft limit of
+    // 1024 would cap a node near 300 clients.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(error = %e, "could not raise the open-file limit");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("roost")
+        .build()
+        .context("building the async runtime")?;
+    runtime.block_on(run_node(settings))
+}
+
+async fn run_node(settings: Settings) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let node = settings.node.id.clone();
+    let telemetry = Telemetry::new(node.as_str()).context("registering metrics")?;
+    let registry = telemetry.registry().clone();
+    let store = Store::open(&settings.node.data_dir, &registry).with_context(|| {
+        format!(
+            "opening the state store in {}",
+            settings.node.data_dir.display()
+        )
+    })?;
+
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let broker = Broker::start(
+        BrokerSettings {
+            listen: settings.mqtt.listen,
+            max_connections: settings.mqtt.max_connections,
+            max_packet_size: settings.mqtt.max_packet_size,
+            connect_timeout: settings.mqtt.connect_timeout,
+        },
+        &registry,
+        token.child_token(),
+        &tracker,
+    )
+    .await
+    .context("starting the MQTT broker")?;
+    let client = broker.client();
+
+    let view = ClusterView::new(&settings);
+    if view.is_single() {
+        // A cluster of one leads itself; each start is a new term.
+        let key = Key::new(Namespace::Node, "lease/term")?;
+        let term = store.get::<u64>(&key).await?.map(|e| e.value).unwrap_or(0) + 1;
+        store.put(&key, &term).await?;
+        view.set_leader(Some(node.clone()), term);
+    } else {
+        tracing::warn!(
+            peers = settings.cluster.peers.len(),
+            "peers are configured, but this build does not join them yet: the node serves its own clients and reports no leader"
+        );
+    }
+
+    let http_listener = TcpListener::bind(settings.http.listen)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", settings.http.listen))?;
+    let http_addr = http_listener.local_addr()?;
+    let state = AppState::new(http::Inner {
+        node: node.to_string(),
+        cluster: settings.cluster.name.clone(),
+        started,
+        view: view.clone(),
+        broker: broker.metrics(),
+        mqtt_addr: broker.local_addr(),
+        store: store.clone(),
+        telemetry,
+        shutdown: token.clone(),
+    });
+    let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<anyhow::Error>(4);
+    {
+        let token = token.child_token();
+        let fatal = fatal_tx.clone();
+        tracker.spawn(async move {
+            let served = axum::serve(http_listener, http::router(state))
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                let _ = fatal
+                    .send(anyhow::Error::new(e).context("the HTTP server failed"))
+                    .await;
+            }
+        });
+    }
+
+    let topics = Topics::new(&settings.mqtt.topic_prefix, &settings.cluster.name);
+    let presence = Presence {
+        client: client.clone(),
+        topics: topics.clone(),
+        view: view.clone(),
+        node: node.to_string(),
+    };
+    presence.announce_online().await?;
+
+    if settings.demo.enabled {
+        let demo = Demo::new(
+            client.clone(),
+            store.clone(),
+            topics.clone(),
+            node.clone(),
+            &registry,
+        )?;
+        let token = token.child_token();
+        let fatal = fatal_tx.clone();
+        tracker.spawn(async move {
+            if let Err(e) = demo.run(token).await {
+                let _ = fatal.send(e.context("the demo devices failed")).await;
+            }
+        });
+    }
+    drop(fatal_tx);
+
+    print_banner(&settings, broker.local_addr(), http_addr, &topics);
+
+    let outcome = tokio::select! {
+        signal = shutdown_signal() => {
+            tracing::info!(signal, "stopping");
+            Ok(())
+        }
+        Some(e) = fatal_rx.recv() => {
+            tracing::error!(error = %format!("{e:#}"), "stopping after a fatal error");
+            Err(e)
+        }
+    };
+
+    let deadline = tokio::time::Instant::now() + GRACE;
+    if let Err(e) = presence.announce_offline().await {
+        tracing::warn!(error = %format!("{e:#}"), "could not announce offline");
+    }
+    token.cancel();
+    tracker.close();
+    if tokio::time::timeout_at(deadline, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?GRACE, "some tasks did not stop in time");
+    }
+    store.close().await.context("flushing the state store")?;
+    tracing::info!("stopped");
+    outcome
+}
+
+/// The node's presence on MQTT: its retained status topic and its cluster events.
+struct Presence {
+    client: BrokerClient,
+    topics: Topics,
+    view: ClusterView,
+    node: String,
+}
+
+impl Presence {
+    async fn announce_online(&self) -> anyhow::Result<()> {
+        let status = self.topics.node_status(&self.node_id()?);
+        self.client.publish(&status, "online", true).await?;
+        let term = self.view.term();
+        self.event("node_up", &self.node, term).await?;
+        if let Some(leader) = self.view.health().leader {
+            self.event("leader_elected", &leader, term).await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes `offline` and `node_down`, and waits until the broker has routed them.
+    async fn announce_offline(&self) -> anyhow::Result<()> {
+        let status = self.topics.node_status(&self.node_id()?);
+        let mut echo = self.client.subscribe(&status).await?;
+        self.event("node_down", &self.node, self.view.term())
+            .await?;
+        self.client.publish(&status, "offline", true).await?;
+        let routed = async {
+            while let Some(m) = echo.recv().await {
+                if m.payload.as_ref() == b"offline" {
+                    return true;
+                }
+            }
+            false
+        };
+        match tokio::time::timeout(ANNOUNCE_TIMEOUT, routed).await {
+            Ok(true) => tokio::time::sleep(ANNOUNCE_DRAIN).await,
+            _ => tracing::warn!("the offline announcement was not confirmed by the broker"),
+        }
+        Ok(())
+    }
+
+    async fn event(&self, event: &str, node: &str, term: u64) -> anyhow::Result<()> {
+        let payload = serde_json::to_vec(&Event::now(event, node, term))?;
+        self.client
+            .publish(&self.topics.events(), payload, false)
+            .await?;
+        Ok(())
+    }
+
+    fn node_id(&self) -> anyhow::Result<crate::config::NodeId> {
+        crate::config::NodeId::parse(&self.node).map_err(anyhow::Error::msg)
+    }
+}
+
+/// Resolves with the signal's name on SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the node");
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
+    }
+}
+
+/// Tells a person where everything listens. Tests read the `mqtt://` and `http://` lines.
+fn print_banner(settings: &Settings, mqtt: SocketAddr, http: SocketAddr, topics: &Topics) {
+    let node = &settings.node.id;
+    println!(
+        "roost {} — node {node} of cluster {}",
+        env!("CARGO_PKG_VERSION"),
+        settings.cluster.name
+    );
+    println!("  MQTT       mqtt://{mqtt}   (MQTT 3.1.1 and 5)");
+    println!("  Dashboard  http://{http}/");
+    println!("  Health     http://{http}/health");
+    println!("  Metrics    http://{http}/metrics");
+    println!("  Data       {}", settings.node.data_dir.display());
+    if settings.demo.enabled {
+        println!(
+            "  Demo       {}  (ON/OFF to {})",
+            topics.device(node, "+", "state"),
+            topics.device(node, "demo-relay", "set")
+        );
+    }
+    println!(
+        "  Watch      mosquitto_sub -h {} -p {} -t '{}/#' -v",
+        mqtt.ip(),
+        mqtt.port(),
+        settings.mqtt.topic_prefix
+    );
+    println!("Ready.");
+}

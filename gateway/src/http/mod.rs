@@ -1,0 +1,82 @@
+//! The node's HTTP server (axum): `/health`, `/metrics`, the dashboard at `/` and its JSON
+//! API under `/api/`. Handlers only read shared state; nothing here changes the node.
+//!
+//! `router()` builds the whole app from an [`AppState`], so tests can drive it with
+//! `tower::ServiceExt::oneshot` and the binary can serve it on a socket.
+
+mod api;
+mod dashboard;
+mod health;
+mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use roost_broker::BrokerMetrics;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::ClusterView;
+use crate::state::Store;
+use crate::telemetry::Telemetry;
+
+/// What every handler can read; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+/// The parts of the node the HTTP server shows.
+pub struct Inner {
+    /// This node's id.
+    pub node: String,
+    /// The cluster's name.
+    pub cluster: String,
+    /// When the node started, for uptime.
+    pub started: Instant,
+    /// Membership, leader, term.
+    pub view: ClusterView,
+    /// The broker's counters, read for the dashboard.
+    pub broker: BrokerMetrics,
+    /// The MQTT listener, shown on the dashboard.
+    pub mqtt_addr: SocketAddr,
+    /// The state store, for its key count.
+    pub store: Store,
+    /// The Prometheus registry `/metrics` renders.
+    pub telemetry: Telemetry,
+    /// Cancelled at shutdown, so live streams end and the server can stop.
+    pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// Wraps the node's parts for the handlers.
+    pub fn new(inner: Inner) -> Self {
+        AppState {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Seconds since the node started.
+    pub fn uptime_seconds(&self) -> u64 {
+        self.inner.started.elapsed().as_secs()
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+/// The whole HTTP app.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(health::router())
+        .merge(metrics::router())
+        .merge(api::router())
+        .merge(dashboard::router())
+        .with_state(state)
+}

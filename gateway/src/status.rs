@@ -1,0 +1,161 @@
+//! `roost status`: asks a running node for its `/health` and prints the cluster as that node
+//! sees it. Plain HTTP/1.1 over a socket is all it needs, so it carries no HTTP client crate.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+/// How long `roost status` waits for the node.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The fields of `/health` that `roost status` prints.
+#[derive(Debug, Deserialize)]
+struct Health {
+    status: String,
+    node: String,
+    cluster: String,
+    cluster_nodes: u64,
+    healthy_nodes: u64,
+    leader: Option<String>,
+    term: u64,
+    uptime_seconds: u64,
+    version: String,
+    #[serde(default)]
+    members: Vec<Member>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Member {
+    id: String,
+    online: bool,
+    role: String,
+}
+
+/// Fetches `<base>/health` and prints it for a person.
+pub fn run(base: &str) -> anyhow::Result<()> {
+    let url = format!("{}/health", base.trim_end_matches('/'));
+    let (code, body) = http_get(&url).with_context(|| format!("cannot reach roost at {base}"))?;
+    if code != 200 && code != 503 {
+        bail!("{url} answered HTTP {code}");
+    }
+    let h: Health = serde_json::from_slice(&body)
+        .with_context(|| format!("{url} did not answer /health JSON"))?;
+    println!(
+        "cluster {}: {} ({}/{} nodes), leader {}, term {}",
+        h.cluster,
+        h.status,
+        h.healthy_nodes,
+        h.cluster_nodes,
+        h.leader.as_deref().unwrap_or("none"),
+        h.term
+    );
+    println!(
+        "seen from {} (roost {}), up {}",
+        h.node,
+        h.version,
+        human_duration(h.uptime_seconds)
+    );
+    for m in &h.members {
+        let state = if m.online { "online" } else { "offline" };
+        println!("  {:<32} {:<8} {}", m.id, state, m.role);
+    }
+    Ok(())
+}
+
+/// A blocking HTTP/1.1 GET of an `http://host:port/path` URL: the status code and the body.
+pub fn http_get(url: &str) -> anyhow::Result<(u16, Vec<u8>)> {
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("{url}: only http:// URLs are supported"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr = if authority.contains(':') && !authority.ends_with(']') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    let mut stream = TcpStream::connect(&addr).with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.set_write_timeout(Some(TIMEOUT))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nAccept: application/json\r\n\r\n")?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    parse_response(&response)
+}
+
+/// Splits a complete `Connection: close` HTTP/1.1 response into status code and body.
+fn parse_response(response: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("truncated HTTP response")?;
+    let head = std::str::from_utf8(&response[..split]).context("HTTP header is not UTF-8")?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no HTTP status code")?;
+    let body = &response[split + 4..];
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_vec()
+    };
+    Ok((code, body))
+}
+
+fn dechunk(mut body: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = body
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .context("bad chunk")?;
+        let size_text = std::str::from_utf8(&body[..line_end])?;
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)?;
+        body = &body[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(body.get(..size).context("short chunk")?);
+        body = body.get(size + 2..).context("short chunk")?;
+    }
+}
+
+fn human_duration(seconds: u64) -> String {
+    match seconds {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_plain_and_chunked() {
+        let plain = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 2\r\n\r\n{}";
+        assert_eq!(parse_response(plain).unwrap(), (503, b"{}".to_vec()));
+        let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+        assert_eq!(parse_response(chunked).unwrap(), (200, b"abcde".to_vec()));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(human_duration(42), "42s");
+        assert_eq!(human_duration(600), "10m");
+        assert_eq!(human_duration(3 * 86_400), "3d");
+    }
+}

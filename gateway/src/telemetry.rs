@@ -1,0 +1,51 @@
+//! The node's Prometheus registry: created once at start, handed to every part that has
+//! metrics (`Metrics::register(&registry)`), rendered by `GET /metrics`. Also carries the
+//! node-wide series: process RSS and CPU, build info, uptime.
+
+use prometheus::{Encoder, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+/// The registry plus the series the gateway itself owns; cheap to clone.
+#[derive(Clone)]
+pub struct Telemetry {
+    /// Every metric of the node.
+    registry: Registry,
+    /// Seconds since start, refreshed at each scrape.
+    uptime: IntGauge,
+}
+
+impl Telemetry {
+    /// A registry with the process collector (as `roost_process_*`) and build info.
+    pub fn new(node: &str) -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::new(
+                std::process::id() as i32,
+                "roost",
+            ),
+        ))?;
+        let info = IntGaugeVec::new(
+            Opts::new("roost_build_info", "Version of the running roost, always 1"),
+            &["version", "node"],
+        )?;
+        info.with_label_values(&[env!("CARGO_PKG_VERSION"), node])
+            .set(1);
+        registry.register(Box::new(info))?;
+        let uptime = IntGauge::new("roost_uptime_seconds", "Seconds since the node started")?;
+        registry.register(Box::new(uptime.clone()))?;
+        Ok(Telemetry { registry, uptime })
+    }
+
+    /// The registry, for parts registering their metrics.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Every metric in Prometheus text format.
+    pub fn render(&self, uptime_seconds: u64) -> Result<String, prometheus::Error> {
+        self.uptime
+            .set(i64::try_from(uptime_seconds).unwrap_or(i64::MAX));
+        let mut out = Vec::with_capacity(8192);
+        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}

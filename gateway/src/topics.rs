@@ -1,0 +1,52 @@
+//! Every MQTT topic the node publishes or listens on, built in one place so docs/topics.md
+//! has a single source to stay true to.
+
+use crate::config::NodeId;
+
+/// Topic builder for one node of one cluster under the configured prefix.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    /// `<prefix>/<cluster>`, the root of everything the cluster publishes about itself.
+    root: String,
+}
+
+impl Topics {
+    /// Topics under `<prefix>/<cluster>/`.
+    pub fn new(prefix: &str, cluster: &str) -> Self {
+        Topics {
+            root: format!("{prefix}/{cluster}"),
+        }
+    }
+
+    /// `<prefix>/<cluster>/nodes/<node>/status`: retained `online` / `offline`.
+    pub fn node_status(&self, node: &NodeId) -> String {
+        format!("{}/nodes/{node}/status", self.root)
+    }
+
+    /// `<prefix>/<cluster>/events`: one JSON object per cluster event, not retained.
+    pub fn events(&self) -> String {
+        format!("{}/events", self.root)
+    }
+
+    /// `<prefix>/<cluster>/devices/<node>/<device>/<leaf>`: a device's topics.
+    pub fn device(&self, node: &NodeId, device: &str, leaf: &str) -> String {
+        format!("{}/devices/{node}/{device}/{leaf}", self.root)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes() {
+        let t = Topics::new("roost", "home");
+        let n = NodeId::parse("node-a").unwrap();
+        assert_eq!(t.node_status(&n), "roost/home/nodes/node-a/status");
+        assert_eq!(t.events(), "roost/home/events");
+        assert_eq!(
+            t.device(&n, "demo-relay", "set"),
+            "roost/home/devices/node-a/demo-relay/set"
+        );
+    }
+}
