@@ -143,6 +143,13 @@ impl Edge {
         buf: &mut BytesMut,
     ) -> Result<(Connect, Header), End> {
         let header = loop {
+            // A CONNECT's first byte is always 0x10; anything else (an HTTP request, TLS to
+            // the plain port, noise) is refused at once instead of waiting out the timeout.
+            if let Some(&first) = buf.first() {
+                if first != 0x10 {
+                    return Err(self.protocol_error(FrameError::NotConnect(first >> 4)));
+                }
+            }
             match frame::parse_header(buf, self.settings.max_packet_size) {
                 Ok(Some(h)) if buf.len() >= h.total_len() => break h,
                 Ok(Some(h)) => buf.reserve(h.total_len() - buf.len()),

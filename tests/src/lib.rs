@@ -1,1 +1,391 @@
-//! x
+//! The end-to-end harness: start real `roost` processes on loopback with a temp config and
+//! data dir, find where they listen, talk to them with real clients, and clean up.
+//!
+//! - [`Node::builder`] writes a config (ports 0: the OS picks free ones), spawns the binary,
+//!   and waits for its `Ready.` line, which comes after every listener is up.
+//! - [`MosquittoSub`] runs `mosquitto_sub -d` and waits for its SUBACK before returning, so
+//!   a test never publishes before the subscription exists.
+//!
+//! The binary is `$ROOST_BIN`, or `roost` beside the test executable's `deps/` folder (what
+//! `cargo build --workspace` produces). Every process is killed when its handle drops.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// How long a node gets to print `Ready.`.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// The bound on any single wait for an event in a test.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Where the `roost` binary under test is.
+pub fn roost_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("ROOST_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executables live in target/<profile>/deps");
+    let bin = profile_dir.join("roost");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first, or set ROOST_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// Builds a node's config and starts it.
+pub struct NodeBuilder {
+    id: String,
+    data_dir: Option<PathBuf>,
+    extra: String,
+    demo: bool,
+}
+
+/// A running `roost` process and its temp dir.
+pub struct Node {
+    child: Child,
+    /// The node's id.
+    pub id: String,
+    /// Where its MQTT listener is.
+    pub mqtt: SocketAddr,
+    /// Where its HTTP server is.
+    pub http: SocketAddr,
+    /// Its data dir (kept across restarts when given to the builder).
+    pub data_dir: PathBuf,
+    stderr_path: PathBuf,
+    /// Keeps the stdout pipe read, so the node never writes into a closed pipe.
+    _stdout: std::sync::Mutex<Receiver<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    /// A builder for a node with the given id and no peers.
+    pub fn builder(id: &str) -> NodeBuilder {
+        NodeBuilder {
+            id: id.to_owned(),
+            data_dir: None,
+            extra: String::new(),
+            demo: false,
+        }
+    }
+}
+
+impl NodeBuilder {
+    /// Keeps state in `dir` (so a later node can reopen it) instead of a fresh temp dir.
+    pub fn data_dir(mut self, dir: &Path) -> Self {
+        self.data_dir = Some(dir.to_owned());
+        self
+    }
+
+    /// Adds TOML to the config: whole sections, or keys of `[mqtt]` via `mqtt_extra`.
+    pub fn config(mut self, toml: &str) -> Self {
+        self.extra.push_str(toml);
+        self.extra.push('\n');
+        self
+    }
+
+    /// Turns the simulated demo devices on.
+    pub fn demo(mut self) -> Self {
+        self.demo = true;
+        self
+    }
+
+    /// Writes the config, starts `roost run --config`, and waits until it is ready.
+    pub fn start(self) -> Node {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data_dir = self.data_dir.unwrap_or_else(|| dir.path().join("data"));
+        let config = dir.path().join("roost.toml");
+        let has_mqtt = self.extra.contains("[mqtt]");
+        let mut toml = format!(
+            "[node]\nid = \"{}\"\ndata_dir = \"{}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[demo]\nenabled = {}\n\n",
+            self.id,
+            data_dir.display(),
+            self.demo
+        );
+        if !has_mqtt {
+            toml.push_str("[mqtt]\nlisten = \"127.0.0.1:0\"\n\n");
+        }
+        toml.push_str(&self.extra);
+        std::fs::write(&config, toml).expect("write config");
+        let stderr_path = dir.path().join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr log");
+        let mut child = Command::new(roost_bin())
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn roost");
+        let lines = spawn_line_reader(child.stdout.take().expect("piped stdout"));
+        let mut mqtt = None;
+        let mut http = None;
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let line = match lines.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) => line,
+                Err(e) => {
+                    let _ = child.kill();
+                    let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                    panic!(
+                        "node {} did not become ready ({e:?}); stderr:\n{log}",
+                        self.id
+                    );
+                }
+            };
+            if let Some(addr) = address_after(&line, "mqtt://") {
+                mqtt = Some(addr);
+            }
+            if line.trim_start().starts_with("Dashboard") {
+                http = address_after(&line, "http://");
+            }
+            if line == "Ready." {
+                break;
+            }
+        }
+        Node {
+            child,
+            id: self.id,
+            mqtt: mqtt.expect("banner names the MQTT address"),
+            http: http.expect("banner names the dashboard address"),
+            data_dir,
+            stderr_path,
+            _stdout: std::sync::Mutex::new(lines),
+            _dir: dir,
+        }
+    }
+}
+
+fn address_after(line: &str, scheme: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find(scheme)? + scheme.len()..];
+    let end = rest
+        .find(|c: char| c == '/' || c.is_whitespace())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// Reads lines from a child's output on a thread, so waits can have deadlines.
+fn spawn_line_reader(out: impl std::io::Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+impl Node {
+    /// The MQTT port.
+    pub fn port(&self) -> u16 {
+        self.mqtt.port()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `GET path` on the node's HTTP server: status code and body.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let url = format!("http://{}{path}", self.http);
+        let (code, body) =
+            roost_gateway::status::http_get(&url).unwrap_or_else(|e| panic!("GET {url}: {e:#}"));
+        (code, String::from_utf8(body).expect("UTF-8 body"))
+    }
+
+    /// `GET /health` as JSON, with its status code.
+    pub fn health(&self) -> (u16, serde_json::Value) {
+        let (code, body) = self.get("/health");
+        let json =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("/health JSON: {e}: {body}"));
+        (code, json)
+    }
+
+    /// The value of one metric series from `/metrics` (`name` with its labels, as printed,
+    /// e.g. `roost_mqtt_messages_received_total{source="network"}`); 0 when absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        let (_, text) = self.get("/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+            .map(|v| v.trim().parse().expect("metric value"))
+            .unwrap_or(0.0)
+    }
+
+    /// Sends SIGTERM and waits for the exit, at most `limit`.
+    pub fn terminate(&mut self, limit: Duration) -> Option<ExitStatus> {
+        signal(self.pid(), "TERM");
+        wait_exit(&mut self.child, limit)
+    }
+
+    /// Kills the process with SIGKILL and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The node's stderr so far (its logs), for failure messages.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends a signal by name (`TERM`, `KILL`, ...) to a process we started.
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+/// Waits for a child to exit, at most `limit`.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `mosquitto_pub` against a node; panics with its output unless it succeeds.
+pub fn mosquitto_pub(node: &Node, args: &[&str]) {
+    let out = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &node.port().to_string()])
+        .args(args)
+        .output()
+        .expect("mosquitto_pub is installed (apt-get install mosquitto-clients)");
+    assert!(
+        out.status.success(),
+        "mosquitto_pub {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A running `mosquitto_sub -d -v`, ready (SUBACK received) when constructed.
+pub struct MosquittoSub {
+    child: Child,
+    lines: Receiver<String>,
+}
+
+impl MosquittoSub {
+    /// Starts `mosquitto_sub` with extra `args` (topics, QoS, will...) and waits for SUBACK.
+    pub fn start(node: &Node, args: &[&str]) -> Self {
+        // mosquitto_sub 2.0 block-buffers a piped stdout and has no flag against it.
+        let mut child = Command::new("stdbuf")
+            .args([
+                "-oL",
+                "mosquitto_sub",
+                "-d",
+                "-v",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &node.port().to_string(),
+            ])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub is installed (apt-get install mosquitto-clients)");
+        let lines = spawn_line_reader(child.stdout.take().expect("piped stdout"));
+        let mut sub = MosquittoSub { child, lines };
+        sub.wait_for(|l| l.starts_with("Subscribed (mid:"), "SUBACK");
+        sub
+    }
+
+    /// Waits for the message line `topic payload` (mosquitto_sub's `-v` format).
+    pub fn expect_message(&mut self, topic: &str, payload: &str) {
+        let want = format!("{topic} {payload}");
+        self.wait_for(|l| l == want, &want);
+    }
+
+    /// Waits for a line matching `pred` and returns it; panics after [`EVENT_TIMEOUT`].
+    pub fn wait_for(&mut self, pred: impl Fn(&str) -> bool, what: &str) -> String {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        let mut seen = Vec::new();
+        loop {
+            match self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) if pred(&line) => return line,
+                Ok(line) => seen.push(line),
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("no {what} from mosquitto_sub; saw:\n{}", seen.join("\n"))
+                }
+                Err(RecvTimeoutError::Disconnected) => panic!(
+                    "mosquitto_sub exited before {what}; saw:\n{}",
+                    seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// The process id, to kill it like a crashing device.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the client with SIGKILL (no DISCONNECT: the broker must fire its will).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for MosquittoSub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `roost` with arguments to completion: exit code, stdout, stderr.
+pub fn roost(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(roost_bin())
+        .args(args)
+        .output()
+        .expect("run roost");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Writes `contents` to a file named `name` in a new temp dir; keep the dir alive.
+pub fn temp_file(name: &str, contents: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(name);
+    let mut f = std::fs::File::create(&path).expect("create");
+    f.write_all(contents.as_bytes()).expect("write");
+    (dir, path)
+}

@@ -1,0 +1,120 @@
+//! A node's life: the built-in defaults, state that survives a restart, a clean SIGTERM that
+//! announces offline, and the `status` and `--version` commands.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use roost_tests::{mosquitto_pub, roost, roost_bin, MosquittoSub, Node};
+
+#[test]
+fn state_survives_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let relay = "roost/home/devices/keeper/demo-relay";
+    let term_before = {
+        let node = Node::builder("keeper").data_dir(data.path()).demo().start();
+        let mut sub = MosquittoSub::start(&node, &["-t", &format!("{relay}/state"), "-q", "1"]);
+        sub.expect_message(&format!("{relay}/state"), "OFF");
+        mosquitto_pub(
+            &node,
+            &["-t", &format!("{relay}/set"), "-m", "ON", "-q", "1"],
+        );
+        // The state is published only after the store committed it.
+        sub.expect_message(&format!("{relay}/state"), "ON");
+        let term = node.health().1["term"].as_u64().unwrap();
+        let mut node = node;
+        assert!(node.terminate(Duration::from_secs(5)).unwrap().success());
+        term
+    };
+    let node = Node::builder("keeper").data_dir(data.path()).demo().start();
+    let mut sub = MosquittoSub::start(&node, &["-t", &format!("{relay}/state")]);
+    sub.expect_message(&format!("{relay}/state"), "ON");
+    assert_eq!(node.health().1["term"].as_u64().unwrap(), term_before + 1);
+}
+
+#[test]
+fn sigterm_announces_offline_and_exits_0_within_5s() {
+    let mut node = Node::builder("leaver").start();
+    let mut status =
+        MosquittoSub::start(&node, &["-t", "roost/home/nodes/leaver/status", "-q", "1"]);
+    status.expect_message("roost/home/nodes/leaver/status", "online");
+    let mut events = MosquittoSub::start(&node, &["-t", "roost/home/events", "-q", "1"]);
+    let exit = node
+        .terminate(Duration::from_secs(5))
+        .expect("stopped within 5 s");
+    assert!(exit.success(), "exit status {exit:?}\n{}", node.logs());
+    status.expect_message("roost/home/nodes/leaver/status", "offline");
+    let line = events.wait_for(|l| l.starts_with("roost/home/events "), "an event");
+    let event: serde_json::Value =
+        serde_json::from_str(line.trim_start_matches("roost/home/events ")).unwrap();
+    assert_eq!(event["event"], "node_down");
+    assert_eq!(event["node"], "leaver");
+    assert!(event["ts"].as_str().unwrap().ends_with('Z'));
+}
+
+#[test]
+fn status_command_prints_the_cluster() {
+    let node = Node::builder("watched").start();
+    let (code, out, err) = roost(&["status", "--http", &format!("http://{}", node.http)]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("cluster home: healthy (1/1 nodes), leader watched"),
+        "{out}"
+    );
+    assert!(out.contains("watched"), "{out}");
+    let (code, _, err) = roost(&["status", "--http", "http://127.0.0.1:9"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("cannot reach roost at http://127.0.0.1:9"),
+        "{err}"
+    );
+}
+
+#[test]
+fn version_and_usage() {
+    let (code, out, _) = roost(&["--version"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(out.trim(), format!("roost {}", env!("CARGO_PKG_VERSION")));
+    let (code, _, err) = roost(&["launch"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("unknown command `launch`") && err.contains("Usage:"),
+        "{err}"
+    );
+}
+
+/// The contract's no-argument mode: fixed ports 1883 and 8080, `./roost-data`, demo devices,
+/// node id from the hostname. The only test on fixed ports.
+#[test]
+fn no_arguments_runs_the_defaults() {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut child = Command::new(roost_bin())
+        .current_dir(cwd.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut banner = Vec::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line.unwrap();
+        let done = line == "Ready.";
+        banner.push(line);
+        if done {
+            break;
+        }
+    }
+    let banner = banner.join("\n");
+    assert!(banner.contains("mqtt://127.0.0.1:1883"), "{banner}");
+    assert!(banner.contains("http://127.0.0.1:8080/"), "{banner}");
+    assert!(banner.contains("Demo"), "{banner}");
+    assert!(cwd.path().join("roost-data").is_dir());
+    let (code, body) = roost_gateway::status::http_get("http://127.0.0.1:8080/health").unwrap();
+    assert_eq!(code, 200);
+    let health: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let expected = roost_gateway::config::node_id_from_hostname(hostname.trim());
+    assert_eq!(health["node"], expected.as_str());
+    roost_tests::signal(child.id(), "TERM");
+    let status = roost_tests::wait_exit(&mut child, Duration::from_secs(5)).expect("stops");
+    assert!(status.success());
+}

@@ -1,0 +1,135 @@
+//! MQTT through a real node with real clients: mosquitto_pub/sub at QoS 0, 1 and 2, retained
+//! delivery to a later subscriber, a will fired by a killed client, and MQTT 5 with rumqttc.
+
+use std::time::Duration;
+
+use roost_tests::{mosquitto_pub, MosquittoSub, Node, EVENT_TIMEOUT};
+use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+
+#[test]
+fn round_trip_at_every_qos() {
+    let node = Node::builder("mqtt-qos").start();
+    for qos in ["0", "1", "2"] {
+        let topic = format!("test/qos{qos}");
+        let mut sub = MosquittoSub::start(&node, &["-t", &topic, "-q", qos]);
+        mosquitto_pub(
+            &node,
+            &[
+                "-t",
+                &topic,
+                "-m",
+                &format!("hello at qos {qos}"),
+                "-q",
+                qos,
+            ],
+        );
+        sub.expect_message(&topic, &format!("hello at qos {qos}"));
+    }
+}
+
+#[test]
+fn retained_message_reaches_a_later_subscriber() {
+    let node = Node::builder("mqtt-retained").start();
+    mosquitto_pub(
+        &node,
+        &["-t", "test/kitchen/light", "-m", "ON", "-r", "-q", "1"],
+    );
+    let mut late = MosquittoSub::start(&node, &["-t", "test/kitchen/#"]);
+    late.expect_message("test/kitchen/light", "ON");
+    // A retained delete (empty payload) leaves nothing for the next subscriber: it sees only
+    // the marker published after it subscribed.
+    mosquitto_pub(&node, &["-t", "test/kitchen/light", "-n", "-r", "-q", "1"]);
+    let mut later = MosquittoSub::start(&node, &["-t", "test/kitchen/#"]);
+    mosquitto_pub(&node, &["-t", "test/kitchen/marker", "-m", "after"]);
+    let first = later.wait_for(|l| l.starts_with("test/kitchen/"), "a kitchen message");
+    assert_eq!(first, "test/kitchen/marker after");
+}
+
+#[test]
+fn will_fires_when_a_client_is_killed() {
+    let node = Node::builder("mqtt-will").start();
+    let mut watcher = MosquittoSub::start(&node, &["-t", "test/devices/+/availability", "-q", "1"]);
+    let mut device = MosquittoSub::start(
+        &node,
+        &[
+            "-i",
+            "esp-hall",
+            "-t",
+            "test/devices/esp-hall/set",
+            "--will-topic",
+            "test/devices/esp-hall/availability",
+            "--will-payload",
+            "offline",
+            "--will-qos",
+            "1",
+        ],
+    );
+    device.kill();
+    watcher.expect_message("test/devices/esp-hall/availability", "offline");
+}
+
+#[test]
+fn mqtt5_client_round_trip() {
+    let node = Node::builder("mqtt-v5").start();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut options = MqttOptions::new("v5-client", "127.0.0.1", node.port());
+        options.set_keep_alive(Duration::from_secs(10));
+        let (client, mut events) = AsyncClient::new(options, 10);
+        client
+            .subscribe("test/v5/#", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let got = tokio::time::timeout(EVENT_TIMEOUT, async {
+            loop {
+                match events.poll().await.expect("v5 connection") {
+                    Event::Incoming(Packet::SubAck(_)) => {
+                        let props = PublishProperties {
+                            content_type: Some("text/plain".into()),
+                            user_properties: vec![("origin".into(), "test".into())],
+                            ..Default::default()
+                        };
+                        client
+                            .publish_with_properties(
+                                "test/v5/echo",
+                                QoS::AtLeastOnce,
+                                false,
+                                "over five",
+                                props,
+                            )
+                            .await
+                            .unwrap();
+                    }
+                    Event::Incoming(Packet::Publish(p)) => return p,
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .expect("the v5 message came back");
+        assert_eq!(&got.topic[..], b"test/v5/echo");
+        assert_eq!(&got.payload[..], b"over five");
+        assert_eq!(got.qos, QoS::AtLeastOnce);
+        let props = got.properties.expect("properties survive");
+        assert_eq!(props.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(
+            props.user_properties,
+            vec![("origin".to_string(), "test".to_string())]
+        );
+    });
+}
+
+#[test]
+fn v311_and_v5_clients_share_one_port() {
+    let node = Node::builder("mqtt-mixed").start();
+    let mut v5 = MosquittoSub::start(&node, &["-t", "test/mixed", "-V", "mqttv5"]);
+    let mut v311 = MosquittoSub::start(&node, &["-t", "test/mixed", "-V", "mqttv311"]);
+    mosquitto_pub(&node, &["-t", "test/mixed", "-m", "both", "-V", "mqttv311"]);
+    v5.expect_message("test/mixed", "both");
+    v311.expect_message("test/mixed", "both");
+}
