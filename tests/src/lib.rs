@@ -6,8 +6,9 @@
 //! - [`MosquittoSub`] runs `mosquitto_sub -d` and waits for its SUBACK before returning, so
 //!   a test never publishes before the subscription exists.
 //!
-//! The binary is `$ROOST_BIN`, or `roost` beside the test executable's `deps/` folder (what
-//! `cargo build --workspace` produces). Every process is killed when its handle drops.
+//! The binary is `$ROOST_BIN`, or the `roost` that `cargo build --workspace --bins` put in the
+//! same target profile as the running test or benchmark. Every process is killed when its
+//! handle drops.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -27,17 +28,22 @@ pub fn roost_bin() -> PathBuf {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("the test executable has a path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executables live in target/<profile>/deps");
-    let bin = profile_dir.join("roost");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first, or set ROOST_BIN",
-        bin.display()
-    );
-    bin
+    // Test executables live in target/<profile>/deps, binaries in target/<profile>.
+    let candidates: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join("roost"))
+        .collect();
+    candidates
+        .iter()
+        .find(|bin| bin.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "no roost binary at {candidates:?}: run `cargo build --workspace --bins` first, or set ROOST_BIN"
+            )
+        })
 }
 
 /// Builds a node's config and starts it.

@@ -1,6 +1,9 @@
 //! Bad input does not take the node down: garbage bytes, an oversized payload and 1,000
 //! connections at once each cost only the offender, with a metric, while /health answers.
 
+// Test code: a panic with the value is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;

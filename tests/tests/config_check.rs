@@ -1,6 +1,9 @@
 //! `roost check` and `roost run` on bad configs: exit 2, one line per problem, naming the
 //! problem and its line. A valid file passes with exit 0.
 
+// Test code: a panic with the value is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use roost_tests::{roost, temp_file};
 
 /// Runs `roost check` on `toml`; returns the exit code and stderr.

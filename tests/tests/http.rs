@@ -1,5 +1,8 @@
 //! `/health`, `/metrics` and the dashboard of a real node, over real sockets.
 
+// Test code: a panic with the value is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use roost_tests::{mosquitto_pub, MosquittoSub, Node};
 
 #[test]

@@ -1,6 +1,9 @@
 //! A node's life: the built-in defaults, state that survives a restart, a clean SIGTERM that
 //! announces offline, and the `status` and `--version` commands.
 
+// Test code: a panic with the value is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::process::{Command, Stdio};
 use std::time::Duration;
 

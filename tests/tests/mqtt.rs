@@ -1,6 +1,9 @@
 //! MQTT through a real node with real clients: mosquitto_pub/sub at QoS 0, 1 and 2, retained
 //! delivery to a later subscriber, a will fired by a killed client, and MQTT 5 with rumqttc.
 
+// Test code: a panic with the value is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use roost_tests::{mosquitto_pub, MosquittoSub, Node, EVENT_TIMEOUT};

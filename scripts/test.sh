@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every Roost test on a Debian-like machine with a Rust toolchain: installs what the tests
+# need when it is missing (mosquitto-clients), then checks formatting and lints, builds the
+# binaries the end-to-end tests start, and runs all tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
+command -v mosquitto_sub >/dev/null 2>&1 || missing+=(mosquitto-clients)
+command -v stdbuf >/dev/null 2>&1 || missing+=(coreutils)
+if ((${#missing[@]})); then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing test dependencies: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo build --workspace --bins --locked
+cargo test --workspace --locked

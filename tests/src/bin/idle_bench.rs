@@ -1,0 +1,136 @@
+//! Benchmark: the idle footprint of a running node, with Mosquitto measured in the same run
+//! for scale. Starts `roost` with the demo devices on (as `roost` with no arguments does, but
+//! on free ports), lets it settle, then reads its resident memory and the CPU time it used
+//! over a window from /proc. Prints a table; asserts nothing.
+//!
+//! Run: `cargo build --release --workspace --bins && ROOST_BIN=target/release/roost
+//! cargo run --release -p roost-tests --bin idle_bench -- [WINDOW_SECONDS]`
+
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use roost_tests::Node;
+
+/// Time given to a process to finish starting before the window opens.
+const SETTLE: Duration = Duration::from_secs(5);
+
+/// One process's figures.
+struct Footprint {
+    rss_mib: f64,
+    peak_rss_mib: f64,
+    cpu_percent: f64,
+    threads: u64,
+}
+
+fn main() {
+    let window = std::env::args()
+        .nth(1)
+        .map(|s| s.parse().expect("WINDOW_SECONDS is a number"))
+        .unwrap_or(30);
+    let window = Duration::from_secs(window);
+    let ticks = clock_ticks();
+
+    let roost = Node::builder("idle-bench").demo().start();
+    let roost_figures = measure(roost.pid(), window, ticks);
+    drop(roost);
+
+    let mosquitto = start_mosquitto();
+    let mosquitto_figures = mosquitto.map(|(mut child, _dir)| {
+        let figures = measure(child.id(), window, ticks);
+        let _ = child.kill();
+        let _ = child.wait();
+        figures
+    });
+
+    println!(
+        "idle footprint over a {}s window after {}s settling",
+        window.as_secs(),
+        SETTLE.as_secs()
+    );
+    println!(
+        "{:<22} {:>10} {:>14} {:>10} {:>8}",
+        "process", "RSS MiB", "peak RSS MiB", "CPU %", "threads"
+    );
+    print_row("roost (demo devices)", &roost_figures);
+    match &mosquitto_figures {
+        Some(f) => print_row("mosquitto 2 (empty)", f),
+        None => println!("mosquitto: not installed, skipped (apt-get install mosquitto)"),
+    }
+}
+
+fn print_row(name: &str, f: &Footprint) {
+    println!(
+        "{name:<22} {:>10.1} {:>14.1} {:>10.3} {:>8}",
+        f.rss_mib, f.peak_rss_mib, f.cpu_percent, f.threads
+    );
+}
+
+/// Waits out the settle time, then measures CPU over `window` and memory at its end.
+fn measure(pid: u32, window: Duration, ticks: f64) -> Footprint {
+    std::thread::sleep(SETTLE);
+    let cpu_before = cpu_ticks(pid);
+    let started = Instant::now();
+    std::thread::sleep(window);
+    let cpu_after = cpu_ticks(pid);
+    let elapsed = started.elapsed().as_secs_f64();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Footprint {
+        rss_mib: field("VmRSS:") as f64 / 1024.0,
+        peak_rss_mib: field("VmHWM:") as f64 / 1024.0,
+        cpu_percent: (cpu_after - cpu_before) as f64 / ticks / elapsed * 100.0,
+        threads: field("Threads:"),
+    }
+}
+
+/// User plus system CPU time of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("process stat");
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')').expect("stat has a command name") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+fn clock_ticks() -> f64 {
+    let out = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .expect("getconf");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("CLK_TCK")
+}
+
+/// Starts Mosquitto on a free loopback port, if it is installed.
+fn start_mosquitto() -> Option<(std::process::Child, tempfile::TempDir)> {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let dir = tempfile::tempdir().ok()?;
+    let conf = dir.path().join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
+    )
+    .ok()?;
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    Some((child, dir))
+}
