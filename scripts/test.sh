@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every Roost test on a Debian-like machine with a Rust toolchain: installs what the tests
-# need when it is missing (mosquitto-clients), then checks formatting and lints, builds the
+# need when it is missing (mosquitto-clients, chromium), then checks formatting and lints, builds the
 # binaries the end-to-end tests start, and runs all tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,7 @@ missing=()
 command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 command -v mosquitto_sub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 command -v stdbuf >/dev/null 2>&1 || missing+=(coreutils)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if ((${#missing[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

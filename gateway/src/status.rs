@@ -84,8 +84,38 @@ pub fn http_get(url: &str) -> anyhow::Result<(u16, Vec<u8>)> {
     stream.set_write_timeout(Some(TIMEOUT))?;
     write!(stream, "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nAccept: application/json\r\n\r\n")?;
     let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
+    let mut chunk = [0u8; 8192];
+    // Read until the body is complete by its own framing; servers may keep the socket open.
+    while !is_complete(&response) {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        response.extend_from_slice(&chunk[..n]);
+    }
     parse_response(&response)
+}
+
+/// Whether `response` holds a whole HTTP/1.1 response, judged by Content-Length or chunked
+/// framing; a response with neither is complete only at end of stream.
+fn is_complete(response: &[u8]) -> bool {
+    let Some(split) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&response[..split]).to_ascii_lowercase();
+    let body = &response[split + 4..];
+    for line in head.lines() {
+        if let Some(len) = line.strip_prefix("content-length:") {
+            return len
+                .trim()
+                .parse::<usize>()
+                .is_ok_and(|len| body.len() >= len);
+        }
+        if line.starts_with("transfer-encoding:") && line.contains("chunked") {
+            return body.ends_with(b"0\r\n\r\n");
+        }
+    }
+    false
 }
 
 /// Splits a complete `Connection: close` HTTP/1.1 response into status code and body.
@@ -150,6 +180,23 @@ mod tests {
         assert_eq!(parse_response(plain).unwrap(), (503, b"{}".to_vec()));
         let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
         assert_eq!(parse_response(chunked).unwrap(), (200, b"abcde".to_vec()));
+    }
+
+    #[test]
+    fn completeness_by_framing() {
+        assert!(!is_complete(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nabc"
+        ));
+        assert!(is_complete(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc"
+        ));
+        assert!(!is_complete(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n"
+        ));
+        assert!(is_complete(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        ));
+        assert!(!is_complete(b"HTTP/1.1 200 OK\r\n\r\nuntil eof"));
     }
 
     #[test]

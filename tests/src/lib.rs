@@ -10,6 +10,8 @@
 //! same target profile as the running test or benchmark. Every process is killed when its
 //! handle drops.
 
+pub mod browser;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -24,6 +24,8 @@ pub struct NodeSnapshot {
     cluster: String,
     version: &'static str,
     uptime_seconds: u64,
+    /// Milliseconds since start when the snapshot was taken, so the page can derive rates.
+    uptime_ms: u64,
     health: ClusterHealth,
     mqtt: MqttSnapshot,
     state: StateSnapshot,
@@ -64,6 +66,7 @@ fn snapshot(state: &AppState) -> NodeSnapshot {
         cluster: state.cluster.clone(),
         version: env!("CARGO_PKG_VERSION"),
         uptime_seconds: state.uptime_seconds(),
+        uptime_ms: u64::try_from(state.started.elapsed().as_millis()).unwrap_or(u64::MAX),
         health: state.view.health(),
         mqtt: MqttSnapshot {
             listen: state.mqtt_addr.to_string(),

@@ -16,7 +16,8 @@ function duration(s) {
 
 function rate(now, prev, pick) {
   if (!prev) return 0;
-  const dt = now.uptime_seconds - prev.uptime_seconds || 1;
+  const dt = (now.uptime_ms - prev.uptime_ms) / 1000;
+  if (dt <= 0) return 0;
   return Math.max(0, (pick(now) - pick(prev)) / dt);
 }
 
