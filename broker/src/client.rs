@@ -260,52 +260,56 @@ fn next_link_number() -> u64 {
 
 /// Checks an MQTT topic name (for publishing).
 pub fn validate_topic(topic: &str) -> Result<()> {
-    let bad = |reason| Error::InvalidTopic {
-        what: "topic",
-        value: topic.to_owned(),
-        reason,
-    };
-    if topic.is_empty() {
-        return Err(bad("it is empty"));
-    }
-    if topic.len() > usize::from(u16::MAX) {
-        return Err(bad("it is longer than 65535 bytes"));
-    }
+    check_common("topic", topic)?;
     if topic.contains(['+', '#']) {
-        return Err(bad("wildcards are not allowed in a topic name"));
-    }
-    if topic.contains('\0') {
-        return Err(bad("it contains NUL"));
+        return Err(invalid(
+            "topic",
+            topic,
+            "wildcards are not allowed in a topic name",
+        ));
     }
     Ok(())
 }
 
 /// Checks an MQTT topic filter (for subscribing).
 pub fn validate_filter(filter: &str) -> Result<()> {
-    let bad = |reason| Error::InvalidTopic {
-        what: "filter",
-        value: filter.to_owned(),
-        reason,
-    };
-    if filter.is_empty() {
-        return Err(bad("it is empty"));
-    }
-    if filter.len() > usize::from(u16::MAX) {
-        return Err(bad("it is longer than 65535 bytes"));
-    }
-    if filter.contains('\0') {
-        return Err(bad("it contains NUL"));
-    }
+    check_common("filter", filter)?;
     let levels: Vec<&str> = filter.split('/').collect();
     for (i, level) in levels.iter().enumerate() {
         if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
-            return Err(bad("'#' must be a whole level and the last one"));
+            return Err(invalid(
+                "filter",
+                filter,
+                "'#' must be a whole level and the last one",
+            ));
         }
         if level.contains('+') && *level != "+" {
-            return Err(bad("'+' must be a whole level"));
+            return Err(invalid("filter", filter, "'+' must be a whole level"));
         }
     }
     Ok(())
+}
+
+/// The rules topic names and filters share: not empty, at most 65535 bytes, no NUL.
+fn check_common(what: &'static str, value: &str) -> Result<()> {
+    if value.is_empty() {
+        return Err(invalid(what, value, "it is empty"));
+    }
+    if value.len() > usize::from(u16::MAX) {
+        return Err(invalid(what, value, "it is longer than 65535 bytes"));
+    }
+    if value.contains('\0') {
+        return Err(invalid(what, value, "it contains NUL"));
+    }
+    Ok(())
+}
+
+fn invalid(what: &'static str, value: &str, reason: &'static str) -> Error {
+    Error::InvalidTopic {
+        what,
+        value: value.to_owned(),
+        reason,
+    }
 }
 
 #[cfg(test)]

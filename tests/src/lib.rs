@@ -281,10 +281,16 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     }
 }
 
+/// A `mosquitto_pub` command aimed at a node; add the topic and message arguments.
+pub fn mosquitto_pub_command(node: &Node) -> Command {
+    let mut command = Command::new("mosquitto_pub");
+    command.args(["-h", "127.0.0.1", "-p", &node.port().to_string()]);
+    command
+}
+
 /// `mosquitto_pub` against a node; panics with its output unless it succeeds.
 pub fn mosquitto_pub(node: &Node, args: &[&str]) {
-    let out = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &node.port().to_string()])
+    let out = mosquitto_pub_command(node)
         .args(args)
         .output()
         .expect("mosquitto_pub is installed (apt-get install mosquitto-clients)");

@@ -6,12 +6,11 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use roost_tests::{mosquitto_pub, MosquittoSub, Node};
+use roost_tests::{mosquitto_pub, mosquitto_pub_command, MosquittoSub, Node};
 
 /// Asserts the node still does its job: health answers and a message goes round.
 fn assert_serving(node: &Node) {
@@ -91,18 +90,8 @@ fn oversized_payload_is_refused_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let big = dir.path().join("big.bin");
     std::fs::write(&big, vec![b'x'; 200_000]).unwrap();
-    let out = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &node.port().to_string(),
-            "-t",
-            "test/big",
-            "-q",
-            "1",
-            "-f",
-        ])
+    let out = mosquitto_pub_command(&node)
+        .args(["-t", "test/big", "-q", "1", "-f"])
         .arg(&big)
         .output()
         .unwrap();

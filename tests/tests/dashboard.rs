@@ -5,13 +5,13 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use roost_tests::browser::Browser;
-use roost_tests::Node;
+use roost_tests::{mosquitto_pub_command, Node};
 
 /// Resolves once the page is live and shows a non-zero inbound rate, with what it shows.
 const LIVE_WITH_A_RATE: &str = r#"
@@ -35,16 +35,8 @@ new Promise((resolve) => {
 fn dashboard_shows_the_node_and_live_message_rates() {
     let node = Node::builder("dash-live").start();
     // A steady stream of messages: mosquitto_pub -l publishes each line it reads.
-    let mut publisher = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &node.port().to_string(),
-            "-t",
-            "test/load",
-            "-l",
-        ])
+    let mut publisher = mosquitto_pub_command(&node)
+        .args(["-t", "test/load", "-l"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
