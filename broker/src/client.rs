@@ -16,7 +16,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::embed::{blocking, disconnect, link_error, send_blocking, LinkFactory};
+use crate::embed::{
+    blocking, disconnect, link_error, send_blocking, LinkFactory, INTERNAL_ID_PREFIX,
+};
 use crate::error::{Error, Result};
 use crate::metrics::BrokerMetrics;
 use crate::retained::RetainedIndex;
@@ -84,7 +86,7 @@ impl BrokerClient {
         tracker: TaskTracker,
     ) -> Result<Self> {
         let factory = links.clone();
-        let (link_tx, link_rx) = blocking(move || factory("roost-node-publisher")).await?;
+        let (link_tx, link_rx) = blocking(move || factory(&internal_id("publisher"))).await?;
         let (publish, queue) = mpsc::channel(PUBLISH_BUFFER);
         std::thread::Builder::new()
             .name("roost-publisher".into())
@@ -139,7 +141,7 @@ impl BrokerClient {
         if self.inner.token.is_cancelled() {
             return Err(Error::Closed);
         }
-        let id = format!("roost-node-sub-{}", next_link_number());
+        let id = internal_id(&format!("sub-{}", next_link_number()));
         let links = self.inner.links.clone();
         let owned_filter = filter.to_owned();
         let link_id = id.clone();
@@ -192,6 +194,10 @@ async fn drain(mut link: LinkRx, token: CancellationToken) {
                         return;
                     }
                 }
+                Ok(Some(Notification::Disconnect(..))) => {
+                    tracing::error!("the router dropped the node's publisher link; in-process publishes are lost");
+                    return;
+                }
                 Ok(_) => {}
                 Err(_) => return,
             },
@@ -235,7 +241,10 @@ impl SubscriptionTask {
                         return;
                     }
                 }
-                Ok(Some(Notification::Disconnect(..))) => return,
+                Ok(Some(Notification::Disconnect(..))) => {
+                    tracing::error!(link = %self.id, "the router dropped an in-process subscription");
+                    return;
+                }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(link = %self.id, error = %e, "in-process subscription ended");
@@ -250,6 +259,11 @@ impl SubscriptionTask {
             tracing::debug!(error = %e, "closing an in-process subscription link");
         }
     }
+}
+
+/// A client id for one of the node's links, under the prefix the edge reserves.
+fn internal_id(name: &str) -> String {
+    format!("{INTERNAL_ID_PREFIX}{}-{name}", std::process::id())
 }
 
 fn next_link_number() -> u64 {

@@ -1,15 +1,17 @@
-//! Roost's network edge: the public MQTT listener. Every client connection enters here; the
-//! edge enforces the connection limit, the CONNECT deadline and the packet size limit, routes
-//! MQTT 3.1.1 and MQTT 5 clients (one port) to rumqttd's matching internal server, and watches
-//! every packet go by for metrics and the retained index.
+//! Roost's network edge: the public MQTT listener. Every client connection enters here. The
+//! edge enforces the connection limit, the CONNECT deadline and the packet size limit, hands
+//! every client to rumqttd's internal MQTT 5 server (translating for MQTT 3.1.1 clients, see
+//! `translate.rs`), and watches every packet go by for metrics and the retained index.
 //!
-//! It frames packets but never rewrites them. Bad input costs the sender its connection, with
-//! a log line and a metric; the node and every other client carry on.
+//! Bad input costs the sender its connection, with a log line and a metric; the node and every
+//! other client carry on.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
+use socket2::{SockRef, TcpKeepalive};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -18,22 +20,30 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::embed::INTERNAL_ID_PREFIX;
 use crate::frame::{self, kind, Connect, FrameError, Header, Protocol};
 use crate::metrics::BrokerMetrics;
 use crate::retained::RetainedIndex;
 use crate::settings::BrokerSettings;
+use crate::translate;
 
 /// Initial buffer per direction per connection; grows to the largest packet seen.
 const BUFFER: usize = 2048;
+/// TCP keepalive: a client that vanished (power cut, Wi-Fi gone) is found within about
+/// `KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_RETRIES` and its slot freed, even while
+/// a write to it is pending.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// Time between keepalive probes.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered probes before the connection is dropped.
+const KEEPALIVE_RETRIES: u32 = 3;
 
 /// Everything a connection task needs, shared by all of them.
 pub(crate) struct Edge {
     /// Limits and timeouts from the config.
     pub settings: BrokerSettings,
-    /// rumqttd's internal MQTT 3.1.1 server.
-    pub v4: SocketAddr,
     /// rumqttd's internal MQTT 5 server.
-    pub v5: SocketAddr,
+    pub upstream: SocketAddr,
     /// Counts connections, packets and bytes.
     pub metrics: BrokerMetrics,
     /// Retained topics, fed from every publish and fired will.
@@ -77,7 +87,7 @@ pub(crate) async fn run(
                     .connections_rejected
                     .with_label_values(&["accept_error"])
                     .inc();
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
@@ -102,12 +112,24 @@ pub(crate) async fn run(
     }
 }
 
+/// Sets the socket options every client socket gets.
+fn tune(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let keepalive = TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    if let Err(e) = SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "cannot set TCP keepalive");
+    }
+}
+
 impl Edge {
     /// Runs one client connection to its end.
     async fn serve(&self, mut client: TcpStream, token: CancellationToken) {
         self.metrics.connections_accepted.inc();
         self.metrics.connections.inc();
-        let _ = client.set_nodelay(true);
+        tune(&client);
         let mut inbound = BytesMut::with_capacity(BUFFER);
         let connect = tokio::select! {
             () = token.cancelled() => Err(End::Shutdown),
@@ -135,8 +157,8 @@ impl Edge {
         self.metrics.connections.dec();
     }
 
-    /// Reads the first packet, which must be a CONNECT of a protocol level rumqttd serves.
-    /// Refuses other levels with the CONNACK the client's generation understands.
+    /// Reads the first packet, which must be a CONNECT of MQTT 3.1.1 or 5 from a client id
+    /// that is not reserved. Refuses the others with the CONNACK their generation understands.
     async fn read_connect(
         &self,
         client: &mut TcpStream,
@@ -163,10 +185,22 @@ impl Edge {
             }
         };
         let connect = frame::parse_connect(buf, &header).map_err(|e| self.protocol_error(e))?;
-        if let Protocol::V31 | Protocol::Other(_) = connect.protocol {
-            self.reject("unsupported_protocol", "MQTT 3.1.1 and 5 only");
-            let refusal = frame::connack_refusal(connect.protocol, 1);
-            let _ = client.write_all(&refusal).await;
+        let refusal = match connect.protocol {
+            Protocol::V31 | Protocol::Other(_) => {
+                Some((1, "unsupported_protocol", "MQTT 3.1.1 and 5 only"))
+            }
+            _ if connect.client_id.starts_with(INTERNAL_ID_PREFIX) => Some((
+                2,
+                "reserved_client_id",
+                "client ids starting with roost-internal- are the node's own",
+            )),
+            _ => None,
+        };
+        if let Some((code, reason, detail)) = refusal {
+            self.reject(reason, detail);
+            let _ = client
+                .write_all(&frame::connack_refusal(connect.protocol, code))
+                .await;
             return Err(End::Client);
         }
         Ok((connect, header))
@@ -181,12 +215,7 @@ impl Edge {
         header: Header,
         token: &CancellationToken,
     ) -> End {
-        let upstream_addr = if connect.protocol == Protocol::V5 {
-            self.v5
-        } else {
-            self.v4
-        };
-        let mut upstream = match TcpStream::connect(upstream_addr).await {
+        let mut upstream = match TcpStream::connect(self.upstream).await {
             Ok(stream) => stream,
             Err(e) => {
                 self.reject("broker_unavailable", "internal broker unreachable");
@@ -197,41 +226,46 @@ impl Edge {
             }
         };
         let _ = upstream.set_nodelay(true);
+        let v311 = connect.protocol == Protocol::V311;
         // The CONNECT goes first, as read; anything pipelined behind it is handled below.
-        if let Err(e) = upstream.write_all(&inbound[..header.total_len()]).await {
+        let first = &inbound[..header.total_len()];
+        let first = if v311 {
+            match translate::client_to_v5(first, &header) {
+                Ok(v5) => v5,
+                Err(e) => return self.protocol_error(e),
+            }
+        } else {
+            first.to_vec()
+        };
+        if let Err(e) = upstream.write_all(&first).await {
             return End::Io(e);
         }
         inbound.advance(header.total_len());
 
+        let mut accepted = false;
         let mut clean = false;
         let end = {
             let (client_rx, mut client_tx) = client.split();
             let (broker_rx, broker_tx) = upstream.split();
             let to_broker =
                 self.client_to_broker(client_rx, broker_tx, inbound, connect.protocol, &mut clean);
-            let to_client = self.broker_to_client(broker_rx, &mut client_tx);
-            let end = tokio::select! {
+            let to_client = self.broker_to_client(broker_rx, &mut client_tx, v311, &mut accepted);
+            tokio::select! {
                 end = to_broker => end,
                 end = to_client => end,
                 () = token.cancelled() => End::Shutdown,
-            };
-            if let (End::Protocol(FrameError::TooLarge { .. }), Protocol::V5) =
-                (&end, connect.protocol)
-            {
-                // MQTT 5 lets the server say why: DISCONNECT with 0x95 "packet too large".
-                let _ = client_tx.write_all(&[0xe0, 0x01, 0x95]).await;
             }
-            end
         };
-        // rumqttd publishes the will when the upstream socket closes without DISCONNECT;
-        // keep the retained index in step with that.
-        if let (false, Some(will)) = (clean, &connect.will) {
+        // rumqttd publishes the will of an accepted session that ends without a clean
+        // DISCONNECT; keep the retained index in step with that.
+        if let (true, false, Some(will)) = (accepted, clean, &connect.will) {
             self.retained.observe(&will.topic, will.retain, will.empty);
         }
         end
     }
 
-    /// Client to broker: frames every packet, enforces the size limit, watches publishes.
+    /// Client to broker: frames every packet, enforces the size limit, watches publishes,
+    /// and translates 3.1.1 packets to MQTT 5.
     async fn client_to_broker(
         &self,
         mut rx: ReadHalf<'_>,
@@ -244,6 +278,8 @@ impl Edge {
             .metrics
             .messages_received
             .with_label_values(&["network"]);
+        let v311 = protocol == Protocol::V311;
+        let mut translated = Vec::new();
         loop {
             // Walk the complete packets at the front of the buffer.
             let mut ready = 0;
@@ -268,18 +304,30 @@ impl Edge {
                         }
                         Err(e) => return self.protocol_error(e),
                     },
-                    kind::DISCONNECT => *clean = true,
+                    kind::DISCONNECT => {
+                        // MQTT 5 reason 0x04 asks the server to publish the will anyway.
+                        let reason = packet.get(header.header_len).copied().unwrap_or(0);
+                        *clean = protocol != Protocol::V5 || reason != 0x04;
+                    }
                     kind::CONNECT => {
                         return self.protocol_error(FrameError::Malformed("second CONNECT"))
                     }
                     _ => {}
                 }
+                if v311 {
+                    match translate::client_to_v5(packet, &header) {
+                        Ok(v5) => translated.extend_from_slice(&v5),
+                        Err(e) => return self.protocol_error(e),
+                    }
+                }
                 ready += header.total_len();
             }
             if ready > 0 {
-                if let Err(e) = tx.write_all(&buf[..ready]).await {
+                let out = if v311 { &translated[..] } else { &buf[..ready] };
+                if let Err(e) = tx.write_all(out).await {
                     return End::Io(e);
                 }
+                translated.clear();
                 buf.advance(ready);
             }
             match rx.read_buf(&mut buf).await {
@@ -290,12 +338,21 @@ impl Edge {
         }
     }
 
-    /// Broker to client: forwards bytes as they come, counting the publishes delivered.
-    async fn broker_to_client(&self, mut rx: ReadHalf<'_>, tx: &mut WriteHalf<'_>) -> End {
+    /// Broker to client: counts the publishes delivered, notes the CONNACK, and translates
+    /// for 3.1.1 clients. MQTT 5 traffic is forwarded as it arrives, packet parts included.
+    async fn broker_to_client(
+        &self,
+        mut rx: ReadHalf<'_>,
+        tx: &mut WriteHalf<'_>,
+        v311: bool,
+        accepted: &mut bool,
+    ) -> End {
         let delivered = self.metrics.messages_sent.with_label_values(&["network"]);
         let mut buf = BytesMut::with_capacity(BUFFER);
-        // Offset into the current packet stream, so packets split across reads count once.
+        let mut out = Vec::new();
+        // Bytes of the current packet still to come, when a v5 packet spans reads.
         let mut pending = 0usize;
+        let mut first = true;
         loop {
             match rx.read_buf(&mut buf).await {
                 Ok(0) => return End::Broker,
@@ -310,23 +367,47 @@ impl Edge {
                     at += step;
                     continue;
                 }
-                match frame::parse_header(&buf[at..], frame::MAX_REMAINING_LENGTH + 5) {
-                    Ok(Some(h)) => {
-                        if h.kind() == kind::PUBLISH {
-                            delivered.inc();
-                        }
-                        let step = h.total_len().min(buf.len() - at);
-                        pending = h.total_len() - step;
-                        at += step;
-                    }
+                let header = match frame::parse_header(&buf[at..], usize::MAX) {
+                    Ok(Some(h)) => h,
                     Ok(None) => break,
                     Err(e) => return End::Protocol(e),
+                };
+                let complete = buf.len() - at >= header.total_len();
+                if first && header.kind() == kind::CONNACK {
+                    if !complete {
+                        break;
+                    }
+                    // MQTT 5 CONNACK: flags, then the reason code.
+                    *accepted = buf.get(at + header.header_len + 1) == Some(&0);
+                    first = false;
+                }
+                if header.kind() == kind::PUBLISH && (complete || !v311) {
+                    delivered.inc();
+                }
+                if v311 {
+                    if !complete {
+                        buf.reserve(header.total_len() - (buf.len() - at));
+                        break;
+                    }
+                    let packet = &buf[at..at + header.total_len()];
+                    match translate::server_to_v311(packet, &header) {
+                        Ok(Some(v4)) => out.extend_from_slice(&v4),
+                        Ok(None) => {}
+                        Err(e) => return End::Protocol(e),
+                    }
+                    at += header.total_len();
+                } else {
+                    let step = header.total_len().min(buf.len() - at);
+                    pending = header.total_len() - step;
+                    at += step;
                 }
             }
-            if let Err(e) = tx.write_all(&buf[..at]).await {
+            let written = if v311 { &out[..] } else { &buf[..at] };
+            if let Err(e) = tx.write_all(written).await {
                 return End::Io(e);
             }
-            self.metrics.bytes_sent.inc_by(at as u64);
+            self.metrics.bytes_sent.inc_by(written.len() as u64);
+            out.clear();
             buf.advance(at);
         }
     }

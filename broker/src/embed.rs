@@ -1,18 +1,17 @@
-//! rumqttd inside Roost: its router thread, its MQTT 3.1.1 and MQTT 5 servers on internal
-//! loopback ports, and a factory for in-process links. Only this file and `client.rs` touch
+//! rumqttd inside Roost: its router thread, its MQTT 5 server on an internal loopback port,
+//! and a factory for in-process links. Only this file and `client.rs` touch
 //! rumqttd's API, so the next step of the edge (sessions on links instead of internal
 //! sockets, docs/broker.md) changes the crate's inside and nothing outside it.
 //!
 //! Why not `rumqttd::Broker`: its `start()` blocks, runs one thread and runtime per listener,
-//! and allows new links only before it is called. Roost owns the `Router` instead, runs both
-//! servers on one small thread of its own, and can open links at any time.
+//! and allows new links only before it is called. Roost owns the `Router` instead, runs the
+//! server on one small thread of its own, and can open links at any time.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
-use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::v5::V5;
 use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet};
 use rumqttd::{
@@ -24,12 +23,16 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::frame::{self, Protocol};
+use crate::frame;
 use crate::settings::BrokerSettings;
 
 /// Builds an in-process link to the router. Blocking: it waits for the router's answer, so
 /// call it from `spawn_blocking` or a thread of its own.
 pub(crate) type LinkFactory = Arc<dyn Fn(&str) -> Result<(LinkTx, LinkRx)> + Send + Sync>;
+
+/// Client ids of the node's own links and probes. The edge refuses network clients that
+/// claim one: rumqttd would otherwise let them take over (and silence) the node's links.
+pub(crate) const INTERNAL_ID_PREFIX: &str = "roost-internal-";
 
 /// Bytes of topic and payload per segment of each filter's commitlog. rumqttd keeps
 /// `SEGMENT_SIZE * SEGMENT_COUNT` per filter for subscribers that lag: sized for a Pi.
@@ -38,16 +41,15 @@ const SEGMENT_SIZE: usize = 256 * 1024;
 const SEGMENT_COUNT: usize = 4;
 /// Router slots kept beyond the network connections, for the node's own links.
 const INTERNAL_LINKS: usize = 256;
-/// How long each internal server gets to come up.
+/// How long the internal server gets to come up.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts at finding a free internal port when another process takes the one picked.
 const PORT_ATTEMPTS: usize = 5;
 
 /// The running rumqttd pieces.
 pub(crate) struct Embedded {
-    /// Where the internal MQTT 3.1.1 server listens (loopback only).
-    pub v4: SocketAddr,
-    /// Where the internal MQTT 5 server listens (loopback only).
+    /// Where the internal MQTT 5 server listens (loopback only). Every client reaches it
+    /// through the edge, which translates for MQTT 3.1.1 clients (`translate.rs`).
     pub v5: SocketAddr,
     /// Creates in-process links.
     pub links: LinkFactory,
@@ -56,12 +58,11 @@ pub(crate) struct Embedded {
 /// One internal server for the rumqttd thread to run.
 struct ServerRequest {
     settings: ServerSettings,
-    protocol: Protocol,
     /// Told why the server stopped (in practice: it could not bind).
     stopped: oneshot::Sender<String>,
 }
 
-/// Starts the router and both internal servers, and proves each server is ours before
+/// Starts the router and the internal server, and proves the server is ours before
 /// returning: a probe client publishes through it and an in-process link must see the message.
 /// That guards against another process taking a port between our pick and rumqttd's bind.
 pub(crate) async fn start(settings: &BrokerSettings) -> Result<Embedded> {
@@ -99,23 +100,10 @@ pub(crate) async fn start(settings: &BrokerSettings) -> Result<Embedded> {
                 while let Some(request) = incoming.recv().await {
                     let router = server_router.clone();
                     tokio::task::spawn_local(async move {
-                        let ServerRequest {
-                            settings,
-                            protocol,
-                            stopped,
-                        } = request;
-                        let result = match protocol {
-                            Protocol::V5 => {
-                                Server::new(settings, router, V5)
-                                    .start(LinkType::Remote)
-                                    .await
-                            }
-                            _ => {
-                                Server::new(settings, router, V4)
-                                    .start(LinkType::Remote)
-                                    .await
-                            }
-                        };
+                        let ServerRequest { settings, stopped } = request;
+                        let result = Server::new(settings, router, V5)
+                            .start(LinkType::Remote)
+                            .await;
                         let reason = match result {
                             Ok(()) => "stopped".to_owned(),
                             Err(e) => e.to_string(),
@@ -145,7 +133,7 @@ pub(crate) async fn start(settings: &BrokerSettings) -> Result<Embedded> {
         dynamic_filters: true,
     };
     let nonce = format!("{}-{}", std::process::id(), unix_nanos());
-    let probe_id = format!("roost-internal-probe-{nonce}");
+    let probe_id = format!("{INTERNAL_ID_PREFIX}probe-{nonce}");
     let (mut probe_tx, mut probe_rx) = {
         let links = links.clone();
         let filter = format!("roost-internal/probe/{nonce}/#");
@@ -158,66 +146,47 @@ pub(crate) async fn start(settings: &BrokerSettings) -> Result<Embedded> {
         .await?
     };
 
-    let mut found = Vec::with_capacity(2);
-    for (name, protocol) in [("v4", Protocol::V311), ("v5", Protocol::V5)] {
-        let topic = format!("roost-internal/probe/{nonce}/{name}");
-        let mut attempt = 0;
-        let addr = loop {
-            attempt += 1;
-            let addr = free_loopback_port()?;
-            let (stopped, stopped_rx) = oneshot::channel();
-            let request = ServerRequest {
-                settings: ServerSettings {
-                    name: format!("internal-{name}"),
-                    listen: addr,
-                    tls: None,
-                    next_connection_delay_ms: 0,
-                    connections: connections.clone(),
-                },
-                protocol,
-                stopped,
-            };
-            requests
-                .send(request)
-                .map_err(|_| Error::Startup("the rumqttd thread has stopped".into()))?;
-            let client_id = format!("{probe_id}-{name}");
-            match verify(
-                addr,
-                protocol,
-                &client_id,
-                &topic,
-                &mut probe_rx,
-                stopped_rx,
-            )
-            .await
-            {
-                Ok(()) => break addr,
-                Err(e) if attempt < PORT_ATTEMPTS => {
-                    tracing::debug!(%addr, error = %e, "internal listener not usable, retrying");
-                }
-                Err(e) => return Err(e),
-            }
+    let topic = format!("roost-internal/probe/{nonce}/v5");
+    let client_id = format!("{probe_id}-v5");
+    let mut attempt = 0;
+    let v5 = loop {
+        attempt += 1;
+        let addr = free_loopback_port()?;
+        let (stopped, stopped_rx) = oneshot::channel();
+        let request = ServerRequest {
+            settings: ServerSettings {
+                name: "internal-v5".into(),
+                listen: addr,
+                tls: None,
+                next_connection_delay_ms: 0,
+                connections: connections.clone(),
+            },
+            stopped,
         };
-        found.push(addr);
-    }
+        requests
+            .send(request)
+            .map_err(|_| Error::Startup("the rumqttd thread has stopped".into()))?;
+        match verify(addr, &client_id, &topic, &mut probe_rx, stopped_rx).await {
+            Ok(()) => break addr,
+            Err(e) if attempt < PORT_ATTEMPTS => {
+                tracing::debug!(%addr, error = %e, "internal listener not usable, retrying");
+            }
+            Err(e) => return Err(e),
+        }
+    };
 
     // The probe link is done: a DISCONNECT frees its router slot.
     let id = probe_id.clone();
     blocking(move || send_blocking(&id, &mut probe_tx, disconnect())).await?;
     drop(probe_rx);
 
-    Ok(Embedded {
-        v4: found[0],
-        v5: found[1],
-        links,
-    })
+    Ok(Embedded { v5, links })
 }
 
 /// Connects a probe client to `addr`, publishes on `topic`, and waits for the probe link to
 /// receive it. Fails fast if the server reports that it stopped (a port taken under us).
 async fn verify(
     addr: SocketAddr,
-    protocol: Protocol,
     client_id: &str,
     topic: &str,
     probe: &mut LinkRx,
@@ -238,7 +207,7 @@ async fn verify(
         };
         let io = |e: std::io::Error| fail(e.to_string());
         stream
-            .write_all(&probe_connect(protocol, client_id))
+            .write_all(&probe_connect(client_id))
             .await
             .map_err(io)?;
         let mut buf = Vec::with_capacity(64);
@@ -260,10 +229,7 @@ async fn verify(
         if connack.kind() != 2 || buf.get(connack.header_len + 1) != Some(&0) {
             return Err(fail(format!("refused the probe: {buf:02x?}")));
         }
-        stream
-            .write_all(&probe_publish(protocol, topic))
-            .await
-            .map_err(io)?;
+        stream.write_all(&probe_publish(topic)).await.map_err(io)?;
         loop {
             match probe.next().await {
                 Ok(Some(Notification::Forward(f))) if f.publish.topic == topic.as_bytes() => {
@@ -284,51 +250,26 @@ async fn verify(
     }
 }
 
-/// A CONNECT for the probe client, clean session, no will.
-fn probe_connect(protocol: Protocol, client_id: &str) -> Vec<u8> {
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T'];
-    body.push(if protocol == Protocol::V5 { 5 } else { 4 });
-    body.extend_from_slice(&[0x02, 0, 30]);
-    if protocol == Protocol::V5 {
-        body.push(0);
-    }
+/// An MQTT 5 CONNECT for the probe client, clean start, no will.
+fn probe_connect(client_id: &str) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 30, 0];
     push_str(&mut body, client_id);
-    with_fixed_header(0x10, body)
+    frame::packet(0x10, &body)
 }
 
-/// A QoS 0 PUBLISH of a short payload on `topic`.
-fn probe_publish(protocol: Protocol, topic: &str) -> Vec<u8> {
+/// An MQTT 5 QoS 0 PUBLISH of a short payload on `topic`.
+fn probe_publish(topic: &str) -> Vec<u8> {
     let mut body = Vec::with_capacity(topic.len() + 8);
     push_str(&mut body, topic);
-    if protocol == Protocol::V5 {
-        body.push(0);
-    }
+    body.push(0);
     body.extend_from_slice(b"probe");
-    with_fixed_header(0x30, body)
+    frame::packet(0x30, &body)
 }
 
 fn push_str(buf: &mut Vec<u8>, s: &str) {
     let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
     buf.extend_from_slice(&len.to_be_bytes());
     buf.extend_from_slice(&s.as_bytes()[..usize::from(len)]);
-}
-
-fn with_fixed_header(byte1: u8, body: Vec<u8>) -> Vec<u8> {
-    let mut packet = vec![byte1];
-    let mut len = body.len();
-    loop {
-        let mut b = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            b |= 0x80;
-        }
-        packet.push(b);
-        if len == 0 {
-            break;
-        }
-    }
-    packet.extend(body);
-    packet
 }
 
 /// A loopback port that was free a moment ago.
@@ -390,25 +331,20 @@ fn unix_nanos() -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::Protocol;
 
     #[test]
-    fn fixed_header_lengths() {
-        assert_eq!(with_fixed_header(0x30, vec![0; 3])[..2], [0x30, 3]);
-        let long = with_fixed_header(0x30, vec![0; 321]);
-        assert_eq!(long[..3], [0x30, 0xc1, 0x02]);
-    }
-
-    #[test]
-    fn probe_packets_parse_as_mqtt() {
-        for protocol in [Protocol::V311, Protocol::V5] {
-            let c = probe_connect(protocol, "probe-1");
-            let h = frame::parse_header(&c, 1024).unwrap().unwrap();
-            let parsed = frame::parse_connect(&c, &h).unwrap();
-            assert_eq!(parsed.protocol, protocol);
-            assert_eq!(parsed.client_id, "probe-1");
-            let p = probe_publish(protocol, "x/y");
-            let h = frame::parse_header(&p, 1024).unwrap().unwrap();
-            assert_eq!(frame::parse_publish(&p, &h, protocol).unwrap().topic, "x/y");
-        }
+    fn probe_packets_parse_as_mqtt5() {
+        let c = probe_connect("probe-1");
+        let h = frame::parse_header(&c, 1024).unwrap().unwrap();
+        let parsed = frame::parse_connect(&c, &h).unwrap();
+        assert_eq!(parsed.protocol, Protocol::V5);
+        assert_eq!(parsed.client_id, "probe-1");
+        let p = probe_publish("x/y");
+        let h = frame::parse_header(&p, 1024).unwrap().unwrap();
+        assert_eq!(
+            frame::parse_publish(&p, &h, Protocol::V5).unwrap().topic,
+            "x/y"
+        );
     }
 }

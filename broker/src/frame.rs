@@ -7,14 +7,31 @@
 pub mod kind {
     /// CONNECT, the first packet of every connection.
     pub const CONNECT: u8 = 1;
+    /// CONNACK, the server's answer to CONNECT.
+    pub const CONNACK: u8 = 2;
     /// PUBLISH, in either direction.
     pub const PUBLISH: u8 = 3;
-    /// DISCONNECT from the client: a clean close, so no will.
+    /// PUBACK, QoS 1 acknowledgement.
+    pub const PUBACK: u8 = 4;
+    /// PUBREC, first QoS 2 acknowledgement.
+    pub const PUBREC: u8 = 5;
+    /// PUBREL, QoS 2 release.
+    pub const PUBREL: u8 = 6;
+    /// PUBCOMP, QoS 2 completion.
+    pub const PUBCOMP: u8 = 7;
+    /// SUBSCRIBE.
+    pub const SUBSCRIBE: u8 = 8;
+    /// SUBACK.
+    pub const SUBACK: u8 = 9;
+    /// UNSUBSCRIBE.
+    pub const UNSUBSCRIBE: u8 = 10;
+    /// UNSUBACK.
+    pub const UNSUBACK: u8 = 11;
+    /// DISCONNECT: from the client, a clean close (no will unless MQTT 5 reason 0x04).
     pub const DISCONNECT: u8 = 14;
+    /// AUTH (MQTT 5 only).
+    pub const AUTH: u8 = 15;
 }
-
-/// The largest value the four-byte remaining-length field can hold.
-pub const MAX_REMAINING_LENGTH: usize = 268_435_455;
 
 /// Why a byte stream is not MQTT.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -197,7 +214,9 @@ pub fn parse_connect(packet: &[u8], header: &Header) -> Result<Connect, FrameErr
         return Err(FrameError::NotConnect(header.kind()));
     }
     let mut r = Reader {
-        buf: &packet[header.header_len..header.total_len()],
+        buf: packet
+            .get(header.header_len..header.total_len())
+            .ok_or(FrameError::Malformed("CONNECT"))?,
         what: "CONNECT",
     };
     let name = r.binary()?;
@@ -266,7 +285,9 @@ pub fn parse_publish(
         return Err(FrameError::Malformed("PUBLISH"));
     }
     let mut r = Reader {
-        buf: &packet[header.header_len..header.total_len()],
+        buf: packet
+            .get(header.header_len..header.total_len())
+            .ok_or(FrameError::Malformed("PUBLISH"))?,
         what: "PUBLISH",
     };
     let topic = r.string()?;
@@ -285,19 +306,40 @@ pub fn parse_publish(
 
 /// Encodes a CONNACK refusing the connection, in the client's protocol generation.
 ///
-/// `code` is the MQTT 3.1.1 return code (1: unacceptable protocol version, 3: server
-/// unavailable); for MQTT 5 the matching reason code is used.
+/// `code` is the MQTT 3.1.1 return code (1: unacceptable protocol version, 2: identifier
+/// rejected, 3: server unavailable); for MQTT 5 the matching reason code is used.
 pub fn connack_refusal(protocol: Protocol, code: u8) -> Vec<u8> {
     match protocol {
         Protocol::V5 => {
             let reason = match code {
                 1 => 0x84,
+                2 => 0x85,
                 _ => 0x88,
             };
-            vec![0x20, 0x03, 0x00, reason, 0x00]
+            packet(0x20, &[0x00, reason, 0x00])
         }
-        _ => vec![0x20, 0x02, 0x00, code],
+        _ => packet(0x20, &[0x00, code]),
     }
+}
+
+/// Encodes a packet: the first byte, the remaining length, then `body`.
+pub fn packet(byte1: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 5);
+    out.push(byte1);
+    let mut len = body.len();
+    loop {
+        let mut b = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if len == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(body);
+    out
 }
 
 #[cfg(test)]
@@ -329,6 +371,14 @@ mod tests {
         let mut packet = vec![0x10, body.len() as u8];
         packet.extend(body);
         packet
+    }
+
+    #[test]
+    fn packet_lengths() {
+        assert_eq!(packet(0x30, &[0; 3])[..2], [0x30, 3]);
+        assert_eq!(packet(0x30, &[0; 321])[..3], [0x30, 0xc1, 0x02]);
+        let h = header(&packet(0x30, &[0; 20_000]));
+        assert_eq!(h.remaining, 20_000);
     }
 
     #[test]

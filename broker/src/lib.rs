@@ -4,33 +4,36 @@
 //! front of it. Layout:
 //! - `edge`: the public listener (one port, MQTT 3.1.1 and 5), limits, metrics, watching
 //!   every packet that enters;
-//! - `embed`: rumqttd's router and internal servers, and in-process links;
+//! - `translate`: MQTT 3.1.1 clients spoken to rumqttd as MQTT 5, and back;
+//! - `embed`: rumqttd's router, its internal MQTT 5 server, and in-process links;
 //! - `client`: [`BrokerClient`], how the rest of the node publishes and subscribes;
 //! - `frame`: MQTT framing as the edge needs it;
 //! - `retained`, `metrics`, `settings`, `error`.
 //!
 //! docs/broker.md explains the design and which rumqttd defect each part answers.
 
-pub mod client;
+mod client;
 mod edge;
 mod embed;
 mod error;
-pub mod frame;
+mod frame;
 mod metrics;
 mod retained;
 mod settings;
+mod translate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+
+use crate::retained::RetainedIndex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use client::{BrokerClient, Message, Subscription};
+pub use client::{validate_filter, validate_topic, BrokerClient, Message, Subscription};
 pub use error::{Error, Result};
 pub use metrics::BrokerMetrics;
-pub use retained::RetainedIndex;
 pub use settings::BrokerSettings;
 
 /// A running broker: its listener address, its in-process client and its metrics.
@@ -41,8 +44,6 @@ pub struct Broker {
     client: BrokerClient,
     /// The broker's counters, for the dashboard.
     metrics: BrokerMetrics,
-    /// Retained topics the broker holds.
-    retained: RetainedIndex,
 }
 
 impl Broker {
@@ -70,7 +71,7 @@ impl Broker {
             source,
         })?;
         let embedded = embed::start(&settings).await?;
-        tracing::debug!(v4 = %embedded.v4, v5 = %embedded.v5, "rumqttd internal servers up");
+        tracing::debug!(internal = %embedded.v5, "rumqttd's internal server is up");
         let client = BrokerClient::start(
             embedded.links.clone(),
             metrics.clone(),
@@ -81,8 +82,7 @@ impl Broker {
         .await?;
         let edge = Arc::new(edge::Edge {
             settings,
-            v4: embedded.v4,
-            v5: embedded.v5,
+            upstream: embedded.v5,
             metrics: metrics.clone(),
             retained: retained.clone(),
         });
@@ -91,7 +91,6 @@ impl Broker {
             local_addr,
             client,
             metrics,
-            retained,
         })
     }
 
@@ -108,10 +107,5 @@ impl Broker {
     /// The broker's metrics (shared handles).
     pub fn metrics(&self) -> BrokerMetrics {
         self.metrics.clone()
-    }
-
-    /// How many retained messages the broker holds.
-    pub fn retained_count(&self) -> usize {
-        self.retained.len()
     }
 }

@@ -16,19 +16,11 @@ fn round_trip_at_every_qos() {
     let node = Node::builder("mqtt-qos").start();
     for qos in ["0", "1", "2"] {
         let topic = format!("test/qos{qos}");
-        let mut sub = MosquittoSub::start(&node, &["-t", &topic, "-q", qos]);
-        mosquitto_pub(
-            &node,
-            &[
-                "-t",
-                &topic,
-                "-m",
-                &format!("hello at qos {qos}"),
-                "-q",
-                qos,
-            ],
-        );
-        sub.expect_message(&topic, &format!("hello at qos {qos}"));
+        let mut sub = MosquittoSub::start(&node, &["-t", &topic, "-q", qos, "-F", "%t %q %p"]);
+        let payload = format!("hello at qos {qos}");
+        mosquitto_pub(&node, &["-t", &topic, "-m", &payload, "-q", qos]);
+        // `%q` is the QoS the message was delivered at.
+        sub.expect_message(&topic, &format!("{qos} {payload}"));
     }
 }
 
@@ -135,4 +127,92 @@ fn v311_and_v5_clients_share_one_port() {
     mosquitto_pub(&node, &["-t", "test/mixed", "-m", "both", "-V", "mqttv311"]);
     v5.expect_message("test/mixed", "both");
     v311.expect_message("test/mixed", "both");
+}
+
+/// Publishes once from an MQTT 5 client with a content type and a user property, and waits
+/// for the PUBACK.
+fn publish_v5_with_properties(node: &Node, topic: &str, payload: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let options = MqttOptions::new("v5-publisher", "127.0.0.1", node.port());
+        let (client, mut events) = AsyncClient::new(options, 10);
+        let props = PublishProperties {
+            content_type: Some("application/json".into()),
+            user_properties: vec![("source".into(), "v5".into())],
+            ..Default::default()
+        };
+        client
+            .publish_with_properties(topic, QoS::AtLeastOnce, false, payload.to_owned(), props)
+            .await
+            .unwrap();
+        tokio::time::timeout(EVENT_TIMEOUT, async {
+            loop {
+                if let Event::Incoming(Packet::PubAck(_)) =
+                    events.poll().await.expect("v5 connection")
+                {
+                    return;
+                }
+            }
+        })
+        .await
+        .expect("PUBACK");
+    });
+}
+
+/// rumqttd's 3.1.1 encoder panics on MQTT 5 properties (RUMQTTD.md, defect 5). The edge
+/// translates for 3.1.1 clients, so such a subscriber gets the message and stays connected.
+#[test]
+fn v5_properties_never_break_a_v311_subscriber() {
+    let node = Node::builder("mqtt-props").start();
+    let mut v311 = MosquittoSub::start(
+        &node,
+        &[
+            "-t",
+            "test/props/#",
+            "-q",
+            "1",
+            "-V",
+            "mqttv311",
+            "-i",
+            "ha-like",
+        ],
+    );
+    publish_v5_with_properties(&node, "test/props/a", "{\"on\":true}");
+    v311.expect_message("test/props/a", "{\"on\":true}");
+    publish_v5_with_properties(&node, "test/props/b", "again");
+    v311.expect_message("test/props/b", "again");
+    mosquitto_pub(&node, &["-t", "test/props/c", "-m", "from 3.1.1"]);
+    v311.expect_message("test/props/c", "from 3.1.1");
+    assert_eq!(node.health().0, 200);
+}
+
+/// The node's own links use client ids under `roost-internal-`; a network client claiming one
+/// would take them over, so it is refused.
+#[test]
+fn reserved_client_ids_are_refused() {
+    let node = Node::builder("mqtt-reserved").start();
+    let out = roost_tests::mosquitto_pub_command(&node)
+        .args([
+            "-i",
+            "roost-internal-4242-publisher",
+            "-t",
+            "test/x",
+            "-m",
+            "hijack",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("identifier rejected"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        node.metric("roost_mqtt_connections_rejected_total{reason=\"reserved_client_id\"}"),
+        1.0
+    );
 }
