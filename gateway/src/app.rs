@@ -23,13 +23,17 @@ use crate::state::{Key, Namespace, Store};
 use crate::telemetry::Telemetry;
 use crate::topics::Topics;
 
-/// Time the node's tasks get to finish after the stop signal.
-const GRACE: Duration = Duration::from_secs(3);
-/// Time allowed for the offline announcement to pass through the broker.
-const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Everything after the stop signal fits in this, inside the contract's 5 s.
+const SHUTDOWN_BUDGET: Duration = Duration::from_millis(4000);
+/// Part of the budget for announcing offline (the broker routing it, then the drain below).
+const ANNOUNCE_BUDGET: Duration = Duration::from_millis(1500);
+/// Part of the budget kept for flushing the state store after the tasks stopped.
+const FLUSH_RESERVE: Duration = Duration::from_millis(1000);
 /// Time for the broker to hand the offline announcement to connected clients before their
 /// connections close; rumqttd gives no signal that its outgoing buffers are written.
 const ANNOUNCE_DRAIN: Duration = Duration::from_millis(200);
+/// What blocking work still running when the node returns gets before the runtime drops it.
+const RUNTIME_GRACE: Duration = Duration::from_millis(500);
 
 /// Runs a node until it is told to stop. Builds the runtime; called once by `main`.
 pub fn run(settings: Settings) -> anyhow::Result<()> {
@@ -44,7 +48,9 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         .thread_name("roost")
         .build()
         .context("building the async runtime")?;
-    runtime.block_on(run_node(settings))
+    let outcome = runtime.block_on(run_node(settings));
+    runtime.shutdown_timeout(RUNTIME_GRACE);
+    outcome
 }
 
 async fn run_node(settings: Settings) -> anyhow::Result<()> {
@@ -161,19 +167,24 @@ async fn run_node(settings: Settings) -> anyhow::Result<()> {
         }
     };
 
-    let deadline = tokio::time::Instant::now() + GRACE;
-    if let Err(e) = presence.announce_offline().await {
-        tracing::warn!(error = %format!("{e:#}"), "could not announce offline");
+    let stop_by = tokio::time::Instant::now() + SHUTDOWN_BUDGET;
+    match tokio::time::timeout(ANNOUNCE_BUDGET, presence.announce_offline()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "could not announce offline"),
+        Err(_) => tracing::warn!("announcing offline took too long; stopping anyway"),
     }
     token.cancel();
     tracker.close();
-    if tokio::time::timeout_at(deadline, tracker.wait())
+    if tokio::time::timeout_at(stop_by - FLUSH_RESERVE, tracker.wait())
         .await
         .is_err()
     {
-        tracing::warn!(grace = ?GRACE, "some tasks did not stop in time");
+        tracing::warn!("some tasks did not stop in time");
     }
-    store.close().await.context("flushing the state store")?;
+    match tokio::time::timeout_at(stop_by, store.close()).await {
+        Ok(result) => result.context("flushing the state store")?,
+        Err(_) => anyhow::bail!("the state store did not flush in time"),
+    }
     tracing::info!("stopped");
     outcome
 }
@@ -213,9 +224,11 @@ impl Presence {
             }
             false
         };
-        match tokio::time::timeout(ANNOUNCE_TIMEOUT, routed).await {
-            Ok(true) => tokio::time::sleep(ANNOUNCE_DRAIN).await,
-            _ => tracing::warn!("the offline announcement was not confirmed by the broker"),
+        // The caller bounds the whole announcement in time.
+        if routed.await {
+            tokio::time::sleep(ANNOUNCE_DRAIN).await;
+        } else {
+            tracing::warn!("the offline announcement was not confirmed by the broker");
         }
         Ok(())
     }

@@ -7,18 +7,18 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
-use crate::START_TIMEOUT;
+use crate::{ChildGuard, START_TIMEOUT};
 
 /// A headless Chromium with one page open.
 pub struct Browser {
-    child: Child,
+    _child: ChildGuard,
     page: WebSocket<MaybeTlsStream<TcpStream>>,
     next_id: u64,
     _profile: tempfile::TempDir,
@@ -29,7 +29,7 @@ impl Browser {
     pub fn start() -> Browser {
         let profile = tempfile::tempdir().expect("profile dir");
         // The flags keep Chromium off every network but loopback (the workplace's rule).
-        let mut child = Command::new("chromium")
+        let child = Command::new("chromium")
             .args([
                 "--headless=new",
                 "--no-sandbox",
@@ -48,7 +48,9 @@ impl Browser {
             .stderr(Stdio::piped())
             .spawn()
             .expect("chromium is installed (apt-get install chromium; scripts/test.sh does it)");
-        let stderr = child.stderr.take().expect("piped stderr");
+        // Killed on drop from here on, whatever fails below.
+        let mut child = ChildGuard(child);
+        let stderr = child.0.stderr.take().expect("piped stderr");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
@@ -76,7 +78,7 @@ impl Browser {
                 .expect("socket timeout");
         }
         let mut browser = Browser {
-            child,
+            _child: child,
             page,
             next_id: 0,
             _profile: profile,
@@ -146,13 +148,6 @@ impl Browser {
                 _ => {}
             }
         }
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

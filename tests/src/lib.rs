@@ -58,7 +58,8 @@ pub struct NodeBuilder {
 
 /// A running `roost` process and its temp dir.
 pub struct Node {
-    child: Child,
+    /// The process, killed when the node handle drops.
+    child: ChildGuard,
     /// The node's id.
     pub id: String,
     /// Where its MQTT listener is.
@@ -92,7 +93,8 @@ impl NodeBuilder {
         self
     }
 
-    /// Adds TOML to the config: whole sections, or keys of `[mqtt]` via `mqtt_extra`.
+    /// Adds TOML to the config (whole sections). A `[mqtt]` section given here replaces the
+    /// default one, so it must set `listen` (use port 0).
     pub fn config(mut self, toml: &str) -> Self {
         self.extra.push_str(toml);
         self.extra.push('\n');
@@ -124,16 +126,18 @@ impl NodeBuilder {
         std::fs::write(&config, toml).expect("write config");
         let stderr_path = dir.path().join("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr log");
-        let mut child = Command::new(roost_bin())
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn roost");
-        let lines = spawn_line_reader(child.stdout.take().expect("piped stdout"));
+        let mut child = ChildGuard(
+            Command::new(roost_bin())
+                .args(["run", "--config"])
+                .arg(&config)
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(stderr)
+                .spawn()
+                .expect("spawn roost"),
+        );
+        let lines = spawn_line_reader(child.0.stdout.take().expect("piped stdout"));
         let mut mqtt = None;
         let mut http = None;
         let deadline = Instant::now() + START_TIMEOUT;
@@ -142,7 +146,6 @@ impl NodeBuilder {
             {
                 Ok(line) => line,
                 Err(e) => {
-                    let _ = child.kill();
                     let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
                     panic!(
                         "node {} did not become ready ({e:?}); stderr:\n{log}",
@@ -182,7 +185,7 @@ fn address_after(line: &str, scheme: &str) -> Option<SocketAddr> {
 }
 
 /// Reads lines from a child's output on a thread, so waits can have deadlines.
-fn spawn_line_reader(out: impl std::io::Read + Send + 'static) -> Receiver<String> {
+pub fn spawn_line_reader(out: impl std::io::Read + Send + 'static) -> Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines() {
@@ -203,7 +206,7 @@ impl Node {
 
     /// The process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.0.id()
     }
 
     /// `GET path` on the node's HTTP server: status code and body.
@@ -235,13 +238,13 @@ impl Node {
     /// Sends SIGTERM and waits for the exit, at most `limit`.
     pub fn terminate(&mut self, limit: Duration) -> Option<ExitStatus> {
         signal(self.pid(), "TERM");
-        wait_exit(&mut self.child, limit)
+        wait_exit(&mut self.child.0, limit)
     }
 
     /// Kills the process with SIGKILL and reaps it.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
     }
 
     /// The node's stderr so far (its logs), for failure messages.
@@ -250,10 +253,35 @@ impl Node {
     }
 }
 
-impl Drop for Node {
+/// Waits for a line matching `pred` from a line reader; panics after `limit` or at EOF.
+pub fn wait_line(
+    lines: &Receiver<String>,
+    pred: impl Fn(&str) -> bool,
+    limit: Duration,
+) -> Vec<String> {
+    let deadline = Instant::now() + limit;
+    let mut seen = Vec::new();
+    loop {
+        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => {
+                let done = pred(&line);
+                seen.push(line);
+                if done {
+                    return seen;
+                }
+            }
+            Err(e) => panic!("no expected line ({e:?}); saw:\n{}", seen.join("\n")),
+        }
+    }
+}
+
+/// A child process that is killed and reaped when the guard drops, panics included.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

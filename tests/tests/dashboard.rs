@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use roost_tests::browser::Browser;
-use roost_tests::{mosquitto_pub_command, Node};
+use roost_tests::{mosquitto_pub_command, ChildGuard, Node};
 
 /// Resolves once the page is live and shows a non-zero inbound rate, with what it shows.
 const LIVE_WITH_A_RATE: &str = r#"
@@ -35,13 +35,15 @@ new Promise((resolve) => {
 fn dashboard_shows_the_node_and_live_message_rates() {
     let node = Node::builder("dash-live").start();
     // A steady stream of messages: mosquitto_pub -l publishes each line it reads.
-    let mut publisher = mosquitto_pub_command(&node)
-        .args(["-t", "test/load", "-l"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = publisher.stdin.take().unwrap();
+    let mut publisher = ChildGuard(
+        mosquitto_pub_command(&node)
+            .args(["-t", "test/load", "-l"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = publisher.0.stdin.take().unwrap();
     let streaming = Arc::new(AtomicBool::new(true));
     let feeder = {
         let streaming = streaming.clone();
@@ -63,7 +65,7 @@ fn dashboard_shows_the_node_and_live_message_rates() {
     let shown = browser.eval(LIVE_WITH_A_RATE, Duration::from_secs(15));
     streaming.store(false, Ordering::Relaxed);
     feeder.join().unwrap();
-    let _ = publisher.wait();
+    let _ = publisher.0.wait();
 
     assert_eq!(shown["node"], "dash-live");
     assert_eq!(shown["status"], "healthy");

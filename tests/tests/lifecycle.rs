@@ -7,7 +7,10 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use roost_tests::{mosquitto_pub, roost, roost_bin, MosquittoSub, Node};
+use roost_tests::{
+    mosquitto_pub, roost, roost_bin, spawn_line_reader, wait_line, ChildGuard, MosquittoSub, Node,
+    START_TIMEOUT,
+};
 
 #[test]
 fn state_survives_a_restart() {
@@ -89,24 +92,23 @@ fn version_and_usage() {
 /// node id from the hostname. The only test on fixed ports.
 #[test]
 fn no_arguments_runs_the_defaults() {
-    let cwd = tempfile::tempdir().unwrap();
-    let mut child = Command::new(roost_bin())
-        .current_dir(cwd.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut banner = Vec::new();
-    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
-        let line = line.unwrap();
-        let done = line == "Ready.";
-        banner.push(line);
-        if done {
-            break;
-        }
+    for port in [1883, 8080] {
+        assert!(
+            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+            "port {port} is busy: this test runs the contract's fixed defaults (stop the local broker or web server)"
+        );
     }
-    let banner = banner.join("\n");
+    let cwd = tempfile::tempdir().unwrap();
+    let mut child = ChildGuard(
+        Command::new(roost_bin())
+            .current_dir(cwd.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = spawn_line_reader(child.0.stdout.take().unwrap());
+    let banner = wait_line(&lines, |l| l == "Ready.", START_TIMEOUT).join("\n");
     assert!(banner.contains("mqtt://127.0.0.1:1883"), "{banner}");
     assert!(banner.contains("http://127.0.0.1:8080/"), "{banner}");
     assert!(banner.contains("Demo"), "{banner}");
@@ -117,7 +119,7 @@ fn no_arguments_runs_the_defaults() {
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     let expected = roost_gateway::config::node_id_from_hostname(hostname.trim());
     assert_eq!(health["node"], expected.as_str());
-    roost_tests::signal(child.id(), "TERM");
-    let status = roost_tests::wait_exit(&mut child, Duration::from_secs(5)).expect("stops");
+    roost_tests::signal(child.0.id(), "TERM");
+    let status = roost_tests::wait_exit(&mut child.0, Duration::from_secs(5)).expect("stops");
     assert!(status.success());
 }
