@@ -288,9 +288,8 @@ pub(crate) fn send_blocking(client_id: &str, link: &mut LinkTx, packet: Packet) 
     match futures_util::FutureExt::now_or_never(link.send(packet)) {
         Some(Ok(_)) => Ok(()),
         Some(Err(e)) => Err(link_error(client_id, e)),
-        None => Err(Error::Link {
+        None => Err(Error::LinkWouldWait {
             client_id: client_id.to_owned(),
-            reason: "rumqttd's link send waited; see send_blocking".into(),
         }),
     }
 }
@@ -317,7 +316,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 pub(crate) fn link_error(client_id: &str, e: LinkError) -> Error {
     Error::Link {
         client_id: client_id.to_owned(),
-        reason: e.to_string(),
+        source: Box::new(e),
     }
 }
 

@@ -19,12 +19,19 @@ pub enum Error {
     #[error("the embedded broker did not start: {0}")]
     Startup(String),
     /// An in-process link to rumqttd's router could not be created or has failed.
-    #[error("in-process broker link {client_id}: {reason}")]
+    #[error("in-process broker link {client_id}: {source}")]
     Link {
         /// The link's client id.
         client_id: String,
-        /// rumqttd's description of the failure.
-        reason: String,
+        /// rumqttd's error.
+        source: Box<rumqttd::local::LinkError>,
+    },
+    /// rumqttd's link send, which never waits in rumqttd 0.20, asked to wait (see
+    /// `embed::send_blocking`): a rumqttd upgrade changed it.
+    #[error("in-process broker link {client_id}: rumqttd's link send would wait")]
+    LinkWouldWait {
+        /// The link's client id.
+        client_id: String,
     },
     /// A topic or filter handed to the in-process client is not valid MQTT.
     #[error("invalid MQTT {what} {value:?}: {reason}")]

@@ -148,7 +148,9 @@ async fn run_node(settings: Settings) -> anyhow::Result<()> {
         let fatal = fatal_tx.clone();
         tracker.spawn(async move {
             if let Err(e) = demo.run(token).await {
-                let _ = fatal.send(e.context("the demo devices failed")).await;
+                let _ = fatal
+                    .send(anyhow::Error::new(e).context("the demo devices failed"))
+                    .await;
             }
         });
     }

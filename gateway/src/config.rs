@@ -672,13 +672,20 @@ impl FileConfig {
             }
         });
 
+        // A listener that does not parse is reported on its own; comparing its default with the
+        // other listener would only add a confusing second message.
+        let parses = |raw: &Option<Spanned<String>>| {
+            raw.as_ref()
+                .is_none_or(|r| r.get_ref().parse::<SocketAddr>().is_ok())
+        };
+        let both_parse = parses(&mqtt.listen) && parses(&http.listen);
         let mqtt_listen_span = mqtt.listen.as_ref().map(Spanned::span);
         let http_listen_span = http.listen.as_ref().map(Spanned::span);
         let mqtt = mqtt.validate(v);
         let http = HttpSettings {
             listen: v.socket_addr("http.listen", http.listen, DEFAULT_HTTP_LISTEN),
         };
-        if listeners_clash(mqtt.listen, http.listen) {
+        if both_parse && listeners_clash(mqtt.listen, http.listen) {
             let mqtt_at = mqtt_listen_span.as_ref().map_or_else(
                 || "the default".to_owned(),
                 |s| format!("at {}", v.describe(s)),
@@ -698,7 +705,10 @@ impl FileConfig {
                 if s.is_empty() || s.chars().any(char::is_whitespace) {
                     Err("must be a non-empty filter directive without whitespace, like \"info\" or \"roost=debug,info\"".to_owned())
                 } else {
-                    Ok(())
+                    // The same parser the logger uses, so `check` accepts exactly what `run` can.
+                    tracing_subscriber::EnvFilter::try_new(s)
+                        .map(drop)
+                        .map_err(|e| format!("is not a valid log filter: {e}"))
                 }
             }),
             format: match log.format {
@@ -1358,6 +1368,24 @@ peers = [
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
         assert!(parse_duration("").is_err());
         assert!(parse_duration("+5s").is_err());
+    }
+
+    #[test]
+    fn log_level_must_parse_as_a_filter() {
+        let (line, _, message) = single("[node]\nid = \"a\"\n[log]\nlevel = \"roost=loud\"\n");
+        assert_eq!(line, Some(4));
+        assert!(message.contains("is not a valid log filter"), "{message}");
+    }
+
+    #[test]
+    fn invalid_listener_is_not_also_reported_as_a_clash() {
+        let errors = parse(
+            "[node]\nid = \"a\"\n[mqtt]\nlisten = \"localhost:1883\"\n[http]\nlisten = \"127.0.0.1:1883\"\n",
+            "t.toml",
+        )
+        .unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].message.starts_with("mqtt.listen"), "{errors:?}");
     }
 
     #[test]

@@ -6,20 +6,30 @@
 use std::f64::consts::TAU;
 use std::time::Duration;
 
-use anyhow::Context;
 use prometheus::{IntCounterVec, Opts, Registry};
 use roost_broker::{BrokerClient, Subscription};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::NodeId;
-use crate::state::{Key, Namespace, Store};
+use crate::state::{self, Key, Namespace, Store};
 use crate::topics::Topics;
 
 /// How often the temperature sensor reports.
 const SENSOR_PERIOD: Duration = Duration::from_secs(10);
 /// How long a simulated button press stays ON.
 const PRESS_LENGTH: Duration = Duration::from_millis(300);
+
+/// Why the demo devices stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The relay's state could not be read or written.
+    #[error("demo relay state: {0}")]
+    Store(#[from] state::Error),
+    /// The broker refused a publish or subscription.
+    #[error("demo devices: {0}")]
+    Broker(#[from] roost_broker::Error),
+}
 
 /// The relay's stored state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,7 +46,7 @@ enum RelayCommand {
 }
 
 impl RelayCommand {
-    /// Parses `ON`, `OFF`, `TOGGLE` (any case, surrounding whitespace ignored).
+    /// Parses `ON`/`1`/`TRUE`, `OFF`/`0`/`FALSE`, `TOGGLE` (any case, whitespace ignored).
     fn parse(payload: &[u8]) -> Option<Self> {
         let text = std::str::from_utf8(payload).ok()?.trim();
         match text.to_ascii_uppercase().as_str() {
@@ -106,7 +116,7 @@ impl Demo {
     }
 
     /// Publishes the devices' initial states and runs them until `token` is cancelled.
-    pub async fn run(self, token: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(self, token: CancellationToken) -> Result<(), DemoError> {
         let relay_key = Key::new(Namespace::Devices, format!("{}/demo-relay", self.node))?;
         let mut relay_on = self
             .store
@@ -156,17 +166,14 @@ impl Demo {
         }
     }
 
-    async fn subscribe(&self, device: &str, leaf: &str) -> anyhow::Result<Subscription> {
+    async fn subscribe(&self, device: &str, leaf: &str) -> Result<Subscription, DemoError> {
         let topic = self.topics.device(&self.node, device, leaf);
-        self.client
-            .subscribe(&topic)
-            .await
-            .with_context(|| format!("subscribing to {topic}"))
+        Ok(self.client.subscribe(&topic).await?)
     }
 
     fn reject(&self, device: &str, payload: &[u8]) {
         let shown = String::from_utf8_lossy(&payload[..payload.len().min(64)]);
-        tracing::warn!(device, payload = %shown, "ignoring invalid command: expected ON, OFF or TOGGLE");
+        tracing::warn!(device, payload = %shown, "ignoring invalid command: expected ON, OFF, TOGGLE, 1, 0, true or false");
         self.command_errors.with_label_values(&[device]).inc();
     }
 }

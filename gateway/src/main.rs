@@ -39,7 +39,7 @@ fn main() -> ExitCode {
         Command::Status { http } => match status::run(&http) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("roost status: {e:#}");
+                eprintln!("roost status: {e}");
                 ExitCode::FAILURE
             }
         },

@@ -5,11 +5,58 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
 use serde::Deserialize;
 
 /// How long `roost status` waits for the node.
 const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What can go wrong asking a node over HTTP.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The URL is not `http://host:port/path`.
+    #[error("{0}: only http://HOST[:PORT][/PATH] URLs are supported")]
+    Url(String),
+    /// The node could not be reached or the exchange failed.
+    #[error("cannot reach {addr}: {source}")]
+    Io {
+        /// host:port.
+        addr: String,
+        /// The socket error.
+        source: std::io::Error,
+    },
+    /// The answer is not HTTP/1.1 as expected.
+    #[error("bad HTTP response: {0}")]
+    Response(&'static str),
+}
+
+/// What can go wrong in `roost status`.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// The node did not answer.
+    #[error("cannot reach roost at {base}: {source}")]
+    Unreachable {
+        /// The URL given.
+        base: String,
+        /// Why.
+        source: HttpError,
+    },
+    /// The node answered something other than its health.
+    #[error("{url} answered HTTP {code}")]
+    Status {
+        /// The health URL.
+        url: String,
+        /// The status code.
+        code: u16,
+    },
+    /// The body is not `/health` JSON.
+    #[error("{url} did not answer /health JSON: {source}")]
+    Json {
+        /// The health URL.
+        url: String,
+        /// The parse error.
+        source: serde_json::Error,
+    },
+}
 
 /// The fields of `/health` that `roost status` prints.
 #[derive(Debug, Deserialize)]
@@ -35,14 +82,17 @@ struct Member {
 }
 
 /// Fetches `<base>/health` and prints it for a person.
-pub fn run(base: &str) -> anyhow::Result<()> {
+pub fn run(base: &str) -> Result<(), StatusError> {
     let url = format!("{}/health", base.trim_end_matches('/'));
-    let (code, body) = http_get(&url).with_context(|| format!("cannot reach roost at {base}"))?;
+    let (code, body) = http_get(&url).map_err(|source| StatusError::Unreachable {
+        base: base.to_owned(),
+        source,
+    })?;
     if code != 200 && code != 503 {
-        bail!("{url} answered HTTP {code}");
+        return Err(StatusError::Status { url, code });
     }
-    let h: Health = serde_json::from_slice(&body)
-        .with_context(|| format!("{url} did not answer /health JSON"))?;
+    let h: Health =
+        serde_json::from_slice(&body).map_err(|source| StatusError::Json { url, source })?;
     println!(
         "cluster {}: {} ({}/{} nodes), leader {}, term {}",
         h.cluster,
@@ -66,28 +116,39 @@ pub fn run(base: &str) -> anyhow::Result<()> {
 }
 
 /// A blocking HTTP/1.1 GET of an `http://host:port/path` URL: the status code and the body.
-pub fn http_get(url: &str) -> anyhow::Result<(u16, Vec<u8>)> {
+pub fn http_get(url: &str) -> Result<(u16, Vec<u8>), HttpError> {
     let rest = url
         .strip_prefix("http://")
-        .with_context(|| format!("{url}: only http:// URLs are supported"))?;
+        .ok_or_else(|| HttpError::Url(url.to_owned()))?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
+    if authority.is_empty() {
+        return Err(HttpError::Url(url.to_owned()));
+    }
     let addr = if authority.contains(':') && !authority.ends_with(']') {
         authority.to_owned()
     } else {
         format!("{authority}:80")
     };
-    let mut stream = TcpStream::connect(&addr).with_context(|| format!("connecting to {addr}"))?;
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.set_write_timeout(Some(TIMEOUT))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nAccept: application/json\r\n\r\n")?;
+    let io = |source| HttpError::Io {
+        addr: addr.clone(),
+        source,
+    };
+    let mut stream = TcpStream::connect(&addr).map_err(io)?;
+    stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
+    stream.set_write_timeout(Some(TIMEOUT)).map_err(io)?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nAccept: application/json\r\n\r\n"
+    )
+    .map_err(io)?;
     let mut response = Vec::new();
     let mut chunk = [0u8; 8192];
     // Read until the body is complete by its own framing; servers may keep the socket open.
     while !is_complete(&response) {
-        let n = stream.read(&mut chunk)?;
+        let n = stream.read(&mut chunk).map_err(io)?;
         if n == 0 {
             break;
         }
@@ -118,18 +179,19 @@ fn is_complete(response: &[u8]) -> bool {
     false
 }
 
-/// Splits a complete `Connection: close` HTTP/1.1 response into status code and body.
-fn parse_response(response: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
+/// Splits a complete HTTP/1.1 response into status code and body.
+fn parse_response(response: &[u8]) -> Result<(u16, Vec<u8>), HttpError> {
     let split = response
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .context("truncated HTTP response")?;
-    let head = std::str::from_utf8(&response[..split]).context("HTTP header is not UTF-8")?;
+        .ok_or(HttpError::Response("truncated"))?;
+    let head = std::str::from_utf8(&response[..split])
+        .map_err(|_| HttpError::Response("header is not UTF-8"))?;
     let code = head
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .context("no HTTP status code")?;
+        .ok_or(HttpError::Response("no status code"))?;
     let body = &response[split + 4..];
     let chunked = head.lines().any(|l| {
         let l = l.to_ascii_lowercase();
@@ -143,21 +205,29 @@ fn parse_response(response: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
     Ok((code, body))
 }
 
-fn dechunk(mut body: &[u8]) -> anyhow::Result<Vec<u8>> {
+fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, HttpError> {
+    let bad = HttpError::Response("bad chunked body");
     let mut out = Vec::new();
     loop {
-        let line_end = body
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .context("bad chunk")?;
-        let size_text = std::str::from_utf8(&body[..line_end])?;
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)?;
+        let Some(line_end) = body.windows(2).position(|w| w == b"\r\n") else {
+            return Err(bad);
+        };
+        let size = std::str::from_utf8(&body[..line_end])
+            .ok()
+            .and_then(|t| usize::from_str_radix(t.split(';').next().unwrap_or("").trim(), 16).ok());
+        let Some(size) = size else { return Err(bad) };
         body = &body[line_end + 2..];
         if size == 0 {
             return Ok(out);
         }
-        out.extend_from_slice(body.get(..size).context("short chunk")?);
-        body = body.get(size + 2..).context("short chunk")?;
+        let Some(chunk) = body.get(..size) else {
+            return Err(bad);
+        };
+        out.extend_from_slice(chunk);
+        let Some(rest) = body.get(size + 2..) else {
+            return Err(bad);
+        };
+        body = rest;
     }
 }
 
