@@ -86,11 +86,13 @@ impl BrokerClient {
         tracker: TaskTracker,
     ) -> Result<Self> {
         let factory = links.clone();
-        let (link_tx, link_rx) = blocking(move || factory(&internal_id("publisher"))).await?;
+        let id = internal_id("publisher");
+        let link_id = id.clone();
+        let (link_tx, link_rx) = blocking(move || factory(&link_id)).await?;
         let (publish, queue) = mpsc::channel(PUBLISH_BUFFER);
         std::thread::Builder::new()
             .name("roost-publisher".into())
-            .spawn(move || publisher(link_tx, queue))
+            .spawn(move || publisher(&id, link_tx, queue))
             .map_err(|e| Error::Startup(format!("spawning the publisher thread: {e}")))?;
         // The publisher link subscribes to nothing, but the router may still ask it to
         // reschedule; drain it so it never stalls.
@@ -170,13 +172,9 @@ impl BrokerClient {
 }
 
 /// Moves queued publishes into the router; ends when every client handle is dropped.
-fn publisher(mut link: LinkTx, mut queue: mpsc::Receiver<Publish>) {
+fn publisher(id: &str, mut link: LinkTx, mut queue: mpsc::Receiver<Publish>) {
     while let Some(publish) = queue.blocking_recv() {
-        if let Err(e) = send_blocking(
-            "roost-node-publisher",
-            &mut link,
-            Packet::Publish(publish, None),
-        ) {
+        if let Err(e) = send_blocking(id, &mut link, Packet::Publish(publish, None)) {
             tracing::error!(error = %e, "in-process publishes stop");
             return;
         }

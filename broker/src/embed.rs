@@ -39,6 +39,8 @@ pub(crate) const INTERNAL_ID_PREFIX: &str = "roost-internal-";
 const SEGMENT_SIZE: usize = 256 * 1024;
 /// Segments kept per filter.
 const SEGMENT_COUNT: usize = 4;
+/// Bytes MQTT 3.1.1 → 5 translation may add to a packet (a CONNECT gains up to 7).
+const TRANSLATION_HEADROOM: usize = 16;
 /// Router slots kept beyond the network connections, for the node's own links.
 const INTERNAL_LINKS: usize = 256;
 /// How long the internal server gets to come up.
@@ -126,7 +128,9 @@ pub(crate) async fn start(settings: &BrokerSettings) -> Result<Embedded> {
     let connections = ConnectionSettings {
         connection_timeout_ms: u16::try_from(settings.connect_timeout.as_millis())
             .unwrap_or(u16::MAX),
-        max_payload_size: settings.max_packet_size,
+        // The edge enforces the configured limit on whole packets; rumqttd checks what reaches
+        // it, which translation can grow by a few bytes (translate.rs), so it gets headroom.
+        max_payload_size: settings.max_packet_size + TRANSLATION_HEADROOM,
         max_inflight_count: 100,
         auth: None,
         external_auth: None,

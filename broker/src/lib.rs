@@ -26,8 +26,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-
-use crate::retained::RetainedIndex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -35,6 +33,8 @@ pub use client::{validate_filter, validate_topic, BrokerClient, Message, Subscri
 pub use error::{Error, Result};
 pub use metrics::BrokerMetrics;
 pub use settings::BrokerSettings;
+
+use crate::retained::RetainedIndex;
 
 /// A running broker: its listener address, its in-process client and its metrics.
 pub struct Broker {

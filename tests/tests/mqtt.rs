@@ -194,25 +194,29 @@ fn v5_properties_never_break_a_v311_subscriber() {
 #[test]
 fn reserved_client_ids_are_refused() {
     let node = Node::builder("mqtt-reserved").start();
-    let out = roost_tests::mosquitto_pub_command(&node)
-        .args([
-            "-i",
-            "roost-internal-4242-publisher",
-            "-t",
-            "test/x",
-            "-m",
-            "hijack",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("identifier rejected"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for (version, refusal) in [
+        ("mqttv311", "identifier rejected"),
+        ("mqttv5", "Client Identifier not valid"),
+    ] {
+        let out = roost_tests::mosquitto_pub_command(&node)
+            .args([
+                "-V",
+                version,
+                "-i",
+                "roost-internal-4242-publisher",
+                "-t",
+                "test/x",
+                "-m",
+                "hijack",
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(stderr.contains(refusal), "{version}: {stderr}");
+    }
     assert_eq!(
         node.metric("roost_mqtt_connections_rejected_total{reason=\"reserved_client_id\"}"),
-        1.0
+        2.0
     );
 }
