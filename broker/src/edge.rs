@@ -345,6 +345,9 @@ impl Edge {
                 Ok(n) => self.metrics.bytes_received.inc_by(n as u64),
                 Err(e) => return End::Io(e),
             }
+            // Many device clients leave Nagle on; at QoS 0 nothing flows back to carry our ACK,
+            // so a delayed ACK would hold their next publish. ACK at once (re-armed per read).
+            let _ = SockRef::from(rx.as_ref()).set_tcp_quickack(true);
         }
     }
 
@@ -369,6 +372,10 @@ impl Edge {
                 Ok(_) => {}
                 Err(e) => return End::Io(e),
             }
+            // rumqttd does not set TCP_NODELAY on the sockets it accepts, so Nagle holds each of
+            // its small writes until our previous ACK; delayed ACKs made QoS 0 deliveries wait
+            // milliseconds. Quick-ack mode is not sticky in Linux, so it is re-armed per read.
+            let _ = SockRef::from(rx.as_ref()).set_tcp_quickack(true);
             let mut at = 0;
             while at < buf.len() {
                 if pending > 0 {

@@ -410,6 +410,55 @@ impl Drop for MosquittoSub {
     }
 }
 
+/// A Mosquitto broker on a free loopback port, for benchmarks that measure it beside Roost.
+pub struct Mosquitto {
+    /// The broker process, killed on drop.
+    pub process: ChildGuard,
+    /// Its MQTT port.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    /// Starts Debian's `mosquitto` with anonymous access on 127.0.0.1, or `None` when it is
+    /// not installed (`apt-get install mosquitto`). Returns once the port accepts connections.
+    pub fn start() -> Option<Mosquitto> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let dir = tempfile::tempdir().ok()?;
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
+        )
+        .ok()?;
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let process = ChildGuard(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return None;
+            }
+            // Mosquitto gives no readiness signal but its open port.
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Some(Mosquitto {
+            process,
+            port,
+            _dir: dir,
+        })
+    }
+}
+
 /// Runs `roost` with arguments to completion: exit code, stdout, stderr.
 pub fn roost(args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(roost_bin())

@@ -6,11 +6,10 @@
 //! Run: `cargo build --release --workspace --bins && ROOST_BIN=target/release/roost
 //! cargo run --release -p roost-tests --bin idle_bench -- [WINDOW_SECONDS]`
 
-use std::net::TcpListener;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use roost_tests::Node;
+use roost_tests::{Mosquitto, Node};
 
 /// Time given to a process to finish starting before the window opens.
 const SETTLE: Duration = Duration::from_secs(5);
@@ -35,13 +34,8 @@ fn main() {
     let roost_figures = measure(roost.pid(), window, ticks);
     drop(roost);
 
-    let mosquitto = start_mosquitto();
-    let mosquitto_figures = mosquitto.map(|(mut child, _dir)| {
-        let figures = measure(child.id(), window, ticks);
-        let _ = child.kill();
-        let _ = child.wait();
-        figures
-    });
+    let mosquitto_figures =
+        Mosquitto::start().map(|broker| measure(broker.process.0.id(), window, ticks));
 
     println!(
         "idle footprint over a {}s window after {}s settling",
@@ -109,28 +103,4 @@ fn clock_ticks() -> f64 {
         .trim()
         .parse()
         .expect("CLK_TCK")
-}
-
-/// Starts Mosquitto on a free loopback port, if it is installed.
-fn start_mosquitto() -> Option<(std::process::Child, tempfile::TempDir)> {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .ok()?
-        .local_addr()
-        .ok()?
-        .port();
-    let dir = tempfile::tempdir().ok()?;
-    let conf = dir.path().join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
-    )
-    .ok()?;
-    let child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    Some((child, dir))
 }

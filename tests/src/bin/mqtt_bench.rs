@@ -1,0 +1,238 @@
+//! Benchmark: publish → subscribe through one broker, for a Roost node and for Mosquitto in the
+//! same run, with the same client code (rumqttc, MQTT 3.1.1, 64-byte payloads, loopback).
+//!
+//! - latency: one publisher at a steady 1,000 msg/s, one subscriber; p50 and p99 of the time
+//!   from publish call to delivery, at QoS 0 and QoS 1; once with the client's default socket
+//!   (Nagle on, as most device clients have it) and once with TCP_NODELAY (`latency-nd`);
+//! - throughput: one publisher as fast as the client goes, one subscriber; messages delivered
+//!   per second between the first publish and the last delivery, at QoS 0 and QoS 1.
+//!
+//! Prints a table; asserts nothing. Run:
+//! `cargo build --release --workspace --bins && target/release/mqtt_bench [LATENCY_N] [THROUGHPUT_N]`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use roost_tests::{Mosquitto, Node};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Packet, QoS};
+use tokio::sync::oneshot;
+
+const PAYLOAD: usize = 64;
+/// Publish rate of the latency run.
+const LATENCY_RATE: u64 = 1_000;
+/// The bound on one run; a run that does not finish reports what it got.
+const RUN_LIMIT: Duration = Duration::from_secs(120);
+
+/// What one run measured.
+struct Figures {
+    sent: usize,
+    received: usize,
+    p50_us: Option<f64>,
+    p99_us: Option<f64>,
+    per_second: Option<f64>,
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let latency_n: usize = args.next().map_or(5_000, |a| a.parse().expect("LATENCY_N"));
+    let throughput_n: usize = args
+        .next()
+        .map_or(100_000, |a| a.parse().expect("THROUGHPUT_N"));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    let roost = Node::builder("bench").start();
+    let mosquitto = Mosquitto::start();
+    let mut targets = vec![("roost", roost.port())];
+    match &mosquitto {
+        Some(m) => targets.push(("mosquitto", m.port)),
+        None => {
+            eprintln!("mosquitto not installed: measuring roost only (apt-get install mosquitto)")
+        }
+    }
+
+    println!(
+        "{:<10} {:<4} {:<11} {:>9} {:>9} {:>12} {:>17}",
+        "broker", "qos", "run", "p50 µs", "p99 µs", "msg/s", "received/sent"
+    );
+    for (name, port) in &targets {
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+            let latency = runtime.block_on(latency_run(*port, qos, latency_n, false));
+            print_row(name, qos, "latency", &latency);
+            let latency = runtime.block_on(latency_run(*port, qos, latency_n, true));
+            print_row(name, qos, "latency-nd", &latency);
+            let throughput = runtime.block_on(throughput_run(*port, qos, throughput_n));
+            print_row(name, qos, "throughput", &throughput);
+        }
+    }
+}
+
+fn print_row(broker: &str, qos: QoS, run: &str, f: &Figures) {
+    let opt = |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
+    println!(
+        "{broker:<10} {:<4} {run:<11} {:>9} {:>9} {:>12} {:>17}",
+        qos as u8,
+        opt(f.p50_us, 0),
+        opt(f.p99_us, 0),
+        opt(f.per_second, 0),
+        format!("{}/{}", f.received, f.sent)
+    );
+}
+
+/// A connected client whose event loop runs on its own task; `on_publish` sees every
+/// delivered payload with its arrival time, and `subscribed` fires on SUBACK.
+fn client(
+    port: u16,
+    id: &str,
+    nodelay: bool,
+    on_publish: impl FnMut(&[u8], Instant) + Send + 'static,
+) -> (AsyncClient, oneshot::Receiver<()>) {
+    let mut options = MqttOptions::new(id, "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_inflight(100);
+    let (client, mut events) = AsyncClient::new(options, 10_000);
+    let mut network = NetworkOptions::new();
+    network.set_tcp_nodelay(nodelay);
+    events.set_network_options(network);
+    let (subscribed, ready) = oneshot::channel();
+    tokio::spawn(drive(events, on_publish, subscribed));
+    (client, ready)
+}
+
+async fn drive(
+    mut events: EventLoop,
+    mut on_publish: impl FnMut(&[u8], Instant),
+    subscribed: oneshot::Sender<()>,
+) {
+    let mut subscribed = Some(subscribed);
+    loop {
+        match events.poll().await {
+            Ok(Event::Incoming(Packet::Publish(p))) => on_publish(&p.payload, Instant::now()),
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                if let Some(tx) = subscribed.take() {
+                    let _ = tx.send(());
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// A payload carrying the send time (nanoseconds since `epoch`), padded to 64 bytes.
+fn stamped(epoch: Instant) -> Vec<u8> {
+    let mut payload = vec![0u8; PAYLOAD];
+    let nanos = epoch.elapsed().as_nanos() as u64;
+    payload[..8].copy_from_slice(&nanos.to_be_bytes());
+    payload
+}
+
+async fn latency_run(port: u16, qos: QoS, n: usize, nodelay: bool) -> Figures {
+    let epoch = Instant::now();
+    let (done_tx, done_rx) = oneshot::channel::<Vec<u64>>();
+    let mut done_tx = Some(done_tx);
+    let mut samples = Vec::with_capacity(n);
+    let (sub, ready) = client(port, "bench-lat-sub", nodelay, move |payload, at| {
+        if payload.len() >= 8 {
+            let sent = u64::from_be_bytes(payload[..8].try_into().unwrap_or_default());
+            let now = at.duration_since(epoch).as_nanos() as u64;
+            samples.push(now.saturating_sub(sent));
+        }
+        if samples.len() == n {
+            if let Some(tx) = done_tx.take() {
+                let _ = tx.send(std::mem::take(&mut samples));
+            }
+        }
+    });
+    sub.subscribe("bench/latency", qos)
+        .await
+        .expect("subscribe");
+    ready.await.expect("SUBACK");
+    let (publisher, _) = client(port, "bench-lat-pub", nodelay, |_, _| {});
+    let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / LATENCY_RATE));
+    let sender = async {
+        for _ in 0..n {
+            tick.tick().await;
+            publisher
+                .publish("bench/latency", qos, false, stamped(epoch))
+                .await
+                .expect("publish");
+        }
+    };
+    let collect = async { tokio::time::timeout(RUN_LIMIT, done_rx).await };
+    let ((), samples) = tokio::join!(sender, collect);
+    let _ = publisher.disconnect().await;
+    let _ = sub.disconnect().await;
+    let mut samples = match samples {
+        Ok(Ok(samples)) => samples,
+        _ => Vec::new(),
+    };
+    samples.sort_unstable();
+    let pct = |p: f64| -> Option<f64> {
+        let i = ((samples.len() as f64 * p).ceil() as usize).checked_sub(1)?;
+        samples.get(i).map(|ns| *ns as f64 / 1000.0)
+    };
+    Figures {
+        sent: n,
+        received: samples.len(),
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        per_second: None,
+    }
+}
+
+async fn throughput_run(port: u16, qos: QoS, n: usize) -> Figures {
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    let start = Instant::now();
+    let received = Arc::new(AtomicUsize::new(0));
+    let last_at = Arc::new(AtomicU64::new(0));
+    let (count, last) = (received.clone(), last_at.clone());
+    let (sub, ready) = client(port, "bench-tp-sub", false, move |_, at| {
+        count.fetch_add(1, Ordering::Relaxed);
+        last.store(
+            at.duration_since(start).as_nanos() as u64,
+            Ordering::Relaxed,
+        );
+    });
+    sub.subscribe("bench/throughput", qos)
+        .await
+        .expect("subscribe");
+    ready.await.expect("SUBACK");
+    let (publisher, _) = client(port, "bench-tp-pub", false, |_, _| {});
+    let payload = vec![b'x'; PAYLOAD];
+    let first_send = start.elapsed();
+    for _ in 0..n {
+        publisher
+            .publish("bench/throughput", qos, false, payload.clone())
+            .await
+            .expect("publish");
+    }
+    // Wait for the rest to arrive; a run ends when all arrived or nothing arrived for 2 s
+    // (QoS 0 may be dropped under overload, and that is part of what is measured).
+    let give_up = Instant::now() + RUN_LIMIT;
+    let mut seen = 0;
+    let mut quiet_since = Instant::now();
+    while received.load(Ordering::Relaxed) < n && Instant::now() < give_up {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now_seen = received.load(Ordering::Relaxed);
+        if now_seen != seen {
+            seen = now_seen;
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+    }
+    let got = received.load(Ordering::Relaxed);
+    let span = Duration::from_nanos(last_at.load(Ordering::Relaxed)).saturating_sub(first_send);
+    let _ = publisher.disconnect().await;
+    let _ = sub.disconnect().await;
+    Figures {
+        sent: n,
+        received: got,
+        p50_us: None,
+        p99_us: None,
+        per_second: (got > 0 && !span.is_zero()).then(|| got as f64 / span.as_secs_f64()),
+    }
+}
