@@ -21,7 +21,7 @@ use crate::embed::{
 };
 use crate::error::{Error, Result};
 use crate::metrics::BrokerMetrics;
-use crate::retained::RetainedIndex;
+use crate::retained::{self, Change, Retained};
 
 /// Messages a subscription buffers before its link stops draining (backpressure).
 const SUBSCRIPTION_BUFFER: usize = 1024;
@@ -50,8 +50,8 @@ struct Inner {
     links: LinkFactory,
     /// Counts messages in and out of the in-process client.
     metrics: BrokerMetrics,
-    /// Keeps the retained count true for publishes made here.
-    retained: RetainedIndex,
+    /// The durable retained set, for retained publishes made here.
+    retained: Retained,
     /// Stops subscription tasks at shutdown.
     token: CancellationToken,
     /// Tracks subscription tasks so shutdown can wait for them.
@@ -81,7 +81,7 @@ impl BrokerClient {
     pub(crate) async fn start(
         links: LinkFactory,
         metrics: BrokerMetrics,
-        retained: RetainedIndex,
+        retained: Retained,
         token: CancellationToken,
         tracker: TaskTracker,
     ) -> Result<Self> {
@@ -109,8 +109,9 @@ impl BrokerClient {
         })
     }
 
-    /// Publishes `payload` on `topic` at QoS 0, retained if asked. Resolves once the message
-    /// is queued for the router; waits if the queue is full.
+    /// Publishes `payload` on `topic` at QoS 0, retained if asked. A retained message (or an
+    /// empty payload, which deletes one) is durable before it is routed. Resolves once the
+    /// message is queued for the router; waits if the queue is full.
     pub async fn publish(
         &self,
         topic: &str,
@@ -119,7 +120,12 @@ impl BrokerClient {
     ) -> Result<()> {
         validate_topic(topic)?;
         let payload = payload.into();
-        let empty = payload.is_empty();
+        if payload.is_empty() {
+            self.inner.retained.record(topic, Change::Delete).await;
+        } else if retain {
+            let packet = retained::publish_packet(topic, &payload);
+            self.inner.retained.record(topic, Change::Set(packet)).await;
+        }
         let publish = Publish::new(Bytes::copy_from_slice(topic.as_bytes()), payload, retain);
         self.inner
             .publish
@@ -131,7 +137,6 @@ impl BrokerClient {
             .messages_received
             .with_label_values(&["local"])
             .inc();
-        self.inner.retained.observe(topic, retain, empty);
         Ok(())
     }
 

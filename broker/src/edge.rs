@@ -23,7 +23,7 @@ use tracing::Instrument;
 use crate::embed::INTERNAL_ID_PREFIX;
 use crate::frame::{self, kind, Connect, FrameError, Header, Protocol};
 use crate::metrics::BrokerMetrics;
-use crate::retained::RetainedIndex;
+use crate::retained::{self, Change, Retained};
 use crate::settings::BrokerSettings;
 use crate::translate;
 
@@ -48,8 +48,8 @@ pub(crate) struct Edge {
     pub upstream: SocketAddr,
     /// Counts connections, packets and bytes.
     pub metrics: BrokerMetrics,
-    /// Retained topics, fed from every publish and fired will.
-    pub retained: RetainedIndex,
+    /// The durable retained set, fed from every publish and fired will.
+    pub retained: Retained,
 }
 
 /// Why a connection ended, for the log and the metrics.
@@ -269,15 +269,21 @@ impl Edge {
             }
         };
         // rumqttd publishes the will of an accepted session that ends without a clean
-        // DISCONNECT; keep the retained index in step with that.
+        // DISCONNECT; keep the retained set in step with that.
         if let (true, false, Some(will)) = (accepted, clean, &connect.will) {
-            self.retained.observe(&will.topic, will.retain, will.empty);
+            if will.payload.is_empty() {
+                self.retained.record(&will.topic, Change::Delete).await;
+            } else if will.retain {
+                let packet = retained::publish_packet(&will.topic, &will.payload);
+                self.retained.record(&will.topic, Change::Set(packet)).await;
+            }
         }
         end
     }
 
     /// Client to broker: frames every packet, enforces the size limit, watches publishes,
-    /// and translates 3.1.1 packets to MQTT 5.
+    /// translates 3.1.1 packets to MQTT 5, and makes each retained change durable before the
+    /// publish that carries it goes on (so a PUBACK means the retained message is on disk).
     async fn client_to_broker(
         &self,
         mut rx: ReadHalf<'_>,
@@ -291,10 +297,14 @@ impl Edge {
             .messages_received
             .with_label_values(&["network"]);
         let v311 = protocol == Protocol::V311;
-        let mut translated = Vec::new();
+        let mut out = Vec::new();
+        // Whether the packet at the front of `buf` already had its retained change recorded.
+        let mut front_recorded = false;
         loop {
-            // Walk the complete packets at the front of the buffer.
+            // Walk the complete packets at the front of the buffer, up to the first one whose
+            // retained change must be made durable before it is forwarded.
             let mut ready = 0;
+            let mut durable_first = None;
             loop {
                 let header = match frame::parse_header(&buf[ready..], self.settings.max_packet_size)
                 {
@@ -308,37 +318,67 @@ impl Edge {
                     break;
                 }
                 let packet = &buf[ready..ready + header.total_len()];
-                match header.kind() {
-                    kind::PUBLISH => match frame::parse_publish(packet, &header, protocol) {
-                        Ok(info) => {
-                            published.inc();
-                            self.retained.observe(&info.topic, info.retain, info.empty);
-                        }
+                let v5 = if v311 {
+                    match translate::client_to_v5(packet, &header) {
+                        Ok(v5) => Some(v5),
                         Err(e) => return self.protocol_error(e),
-                    },
+                    }
+                } else {
+                    None
+                };
+                let v5_packet = v5.as_deref().unwrap_or(packet);
+                match header.kind() {
+                    kind::PUBLISH => {
+                        let info = match frame::parse_publish(packet, &header, protocol) {
+                            Ok(info) => info,
+                            Err(e) => return self.protocol_error(e),
+                        };
+                        let recorded = ready == 0 && front_recorded;
+                        if !recorded {
+                            let v5_header = if v311 {
+                                match frame::parse_header(v5_packet, usize::MAX) {
+                                    Ok(Some(h)) => h,
+                                    _ => {
+                                        return self
+                                            .protocol_error(FrameError::Malformed("PUBLISH"))
+                                    }
+                                }
+                            } else {
+                                header
+                            };
+                            if let Some(change) = retained::change_of(&info, v5_packet, &v5_header)
+                            {
+                                durable_first = Some((info.topic, change));
+                                break;
+                            }
+                        }
+                        published.inc();
+                    }
                     // rumqttd drops the will on any DISCONNECT, MQTT 5 reason 0x04 ("publish
-                    // the will anyway") included; the index mirrors what rumqttd does.
+                    // the will anyway") included; the retained set mirrors what rumqttd does.
                     kind::DISCONNECT => *clean = true,
                     kind::CONNECT => {
                         return self.protocol_error(FrameError::Malformed("second CONNECT"))
                     }
                     _ => {}
                 }
-                if v311 {
-                    match translate::client_to_v5(packet, &header) {
-                        Ok(v5) => translated.extend_from_slice(&v5),
-                        Err(e) => return self.protocol_error(e),
-                    }
-                }
+                out.extend_from_slice(v5_packet);
                 ready += header.total_len();
             }
             if ready > 0 {
-                let out = if v311 { &translated[..] } else { &buf[..ready] };
-                if let Err(e) = tx.write_all(out).await {
+                if let Err(e) = tx.write_all(&out).await {
                     return End::Io(e);
                 }
-                translated.clear();
+                out.clear();
                 buf.advance(ready);
+                front_recorded = false;
+            }
+            if let Some((topic, change)) = durable_first {
+                // Everything before it is forwarded; now make it durable, then walk again
+                // (without reading) so it is forwarded in its place.
+                self.retained.record(&topic, change).await;
+                front_recorded = true;
+                continue;
             }
             match rx.read_buf(&mut buf).await {
                 Ok(0) => return End::Client,

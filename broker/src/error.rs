@@ -33,6 +33,14 @@ pub enum Error {
         /// The link's client id.
         client_id: String,
     },
+    /// The durable retained set could not be opened or read.
+    #[error("retained messages in {path}: {source}")]
+    Retained {
+        /// The redb file.
+        path: std::path::PathBuf,
+        /// redb's error.
+        source: Box<redb::Error>,
+    },
     /// A topic or filter handed to the in-process client is not valid MQTT.
     #[error("invalid MQTT {what} {value:?}: {reason}")]
     InvalidTopic {

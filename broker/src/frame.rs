@@ -146,8 +146,8 @@ pub struct Will {
     pub topic: String,
     /// Whether the will is retained.
     pub retain: bool,
-    /// Whether the will payload is empty (which deletes a retained message).
-    pub empty: bool,
+    /// The will's payload (empty deletes a retained message).
+    pub payload: Vec<u8>,
 }
 
 /// A cursor over a packet body that fails with the packet's name instead of panicking.
@@ -250,7 +250,7 @@ pub fn parse_connect(packet: &[u8], header: &Header) -> Result<Connect, FrameErr
         Some(Will {
             topic,
             retain: flags & 0x20 != 0,
-            empty: payload.is_empty(),
+            payload: payload.to_vec(),
         })
     } else {
         None
@@ -426,7 +426,7 @@ mod tests {
             Some(Will {
                 topic: "home/s1/status".into(),
                 retain: true,
-                empty: false
+                payload: b"offline".to_vec()
             })
         );
     }

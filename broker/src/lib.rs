@@ -8,7 +8,8 @@
 //! - `embed`: rumqttd's router, its internal MQTT 5 server, and in-process links;
 //! - `client`: [`BrokerClient`], how the rest of the node publishes and subscribes;
 //! - `frame`: MQTT framing as the edge needs it;
-//! - `retained`, `metrics`, `settings`, `error`.
+//! - `retained`: the durable retained set (redb), replayed into rumqttd at start;
+//! - `metrics`, `settings`, `error`.
 //!
 //! docs/broker.md explains the design and which rumqttd defect each part answers.
 
@@ -34,7 +35,7 @@ pub use error::{Error, Result};
 pub use metrics::BrokerMetrics;
 pub use settings::BrokerSettings;
 
-use crate::retained::RetainedIndex;
+use crate::retained::Retained;
 
 /// A running broker: its listener address, its in-process client and its metrics.
 pub struct Broker {
@@ -44,6 +45,8 @@ pub struct Broker {
     client: BrokerClient,
     /// The broker's counters, for the dashboard.
     metrics: BrokerMetrics,
+    /// The durable retained set.
+    retained: Retained,
 }
 
 impl Broker {
@@ -58,7 +61,11 @@ impl Broker {
         tracker: &TaskTracker,
     ) -> Result<Broker> {
         let metrics = BrokerMetrics::register(registry)?;
-        let retained = RetainedIndex::new(metrics.retained.clone());
+        let (retained, stored) = Retained::open(
+            &settings.data_dir,
+            metrics.retained.clone(),
+            metrics.retained_persist_errors.clone(),
+        )?;
         // Bind first: a taken port is the most likely startup error and the cheapest to find.
         let listener = TcpListener::bind(settings.listen)
             .await
@@ -72,6 +79,9 @@ impl Broker {
         })?;
         let embedded = embed::start(&settings).await?;
         tracing::debug!(internal = %embedded.v5, "rumqttd's internal server is up");
+        // The stored retained set goes back into the router before any client can connect.
+        let replayed = embed::replay(&embedded.links, stored).await?;
+        tracing::info!(retained = replayed, "retained messages restored");
         let client = BrokerClient::start(
             embedded.links.clone(),
             metrics.clone(),
@@ -91,6 +101,7 @@ impl Broker {
             local_addr,
             client,
             metrics,
+            retained,
         })
     }
 
@@ -102,6 +113,12 @@ impl Broker {
     /// A handle to the node's in-process client.
     pub fn client(&self) -> BrokerClient {
         self.client.clone()
+    }
+
+    /// Releases the durable retained set once every write queued so far is on disk. Called at
+    /// shutdown, after the edge and the node's tasks stopped.
+    pub async fn close(&self) {
+        self.retained.close().await;
     }
 
     /// The broker's metrics (shared handles).

@@ -24,6 +24,8 @@ pub struct BrokerMetrics {
     pub bytes_sent: IntCounter,
     /// Retained messages the broker holds.
     pub retained: IntGauge,
+    /// Retained changes that could not be written to disk.
+    pub retained_persist_errors: IntCounter,
 }
 
 impl BrokerMetrics {
@@ -78,6 +80,10 @@ impl BrokerMetrics {
                 "roost_mqtt_retained_messages",
                 "Retained messages held by the broker",
             )?,
+            retained_persist_errors: IntCounter::new(
+                "roost_mqtt_retained_persist_errors_total",
+                "Retained messages that could not be written to disk",
+            )?,
         };
         registry.register(Box::new(m.connections.clone()))?;
         registry.register(Box::new(m.connections_accepted.clone()))?;
@@ -88,6 +94,7 @@ impl BrokerMetrics {
         registry.register(Box::new(m.bytes_received.clone()))?;
         registry.register(Box::new(m.bytes_sent.clone()))?;
         registry.register(Box::new(m.retained.clone()))?;
+        registry.register(Box::new(m.retained_persist_errors.clone()))?;
         // Touch the label values so every series is exported from the start, at zero.
         for source in ["network", "local"] {
             m.messages_received.with_label_values(&[source]);

@@ -1,65 +1,344 @@
-//! The set of topics that hold a retained message, as seen where publishes enter the broker.
+//! The retained set, kept durable. rumqttd holds retained messages only in memory (RUMQTTD.md,
+//! defect 1), so every retained publish or delete is written to `<data_dir>/retained.redb`
+//! before it reaches rumqttd, and at start the stored set is replayed into rumqttd's router
+//! before the first client connects. A node that restarts, is killed or loses power serves the
+//! retained set it had, deletes included.
 //!
-//! rumqttd keeps the retained messages themselves (in memory) and does not report how many it
-//! holds, so the edge and the in-process client feed every publish through this index to keep
-//! `roost_mqtt_retained_messages` true. It mirrors rumqttd's rules, including its deletion of a
-//! retained message by an empty payload even without the retain flag (../docs/broker.md).
+//! Writes go through one writer thread with group commit (one fsync for whatever is queued).
+//! Callers: the edge (publishes from clients, fired wills) and the in-process client.
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use prometheus::IntGauge;
+use prometheus::{IntCounter, IntGauge};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{mpsc, oneshot};
 
-/// A shared index of retained topics; cloning shares it.
-#[derive(Clone)]
-pub struct RetainedIndex {
-    topics: Arc<Mutex<HashSet<Box<str>>>>,
-    gauge: IntGauge,
+use crate::error::{Error, Result};
+use crate::frame::{Header, PublishInfo};
+
+/// topic → the retained message as an MQTT 5 PUBLISH packet (QoS 0, retain set), ready to
+/// replay into rumqttd.
+const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
+/// The file in the data dir.
+pub(crate) const FILE_NAME: &str = "retained.redb";
+/// Writes queued before `record` waits.
+const QUEUE: usize = 1024;
+/// The most writes committed in one transaction.
+const BATCH: usize = 256;
+/// redb's page cache: the retained set is read once, at start.
+const CACHE_BYTES: usize = 4 * 1024 * 1024;
+
+/// What a publish does to the retained set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// Keep this packet as the topic's retained message.
+    Set(Vec<u8>),
+    /// Remove the topic's retained message.
+    Delete,
 }
 
-impl RetainedIndex {
-    /// An empty index that reports its size on `gauge`.
-    pub fn new(gauge: IntGauge) -> Self {
-        RetainedIndex {
-            topics: Arc::default(),
-            gauge,
+/// The retained set's index and its durable copy; cloning shares them.
+#[derive(Clone)]
+pub(crate) struct Retained {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Topics holding a retained message, for the count.
+    topics: Mutex<HashSet<Box<str>>>,
+    /// `roost_mqtt_retained_messages`.
+    gauge: IntGauge,
+    /// `roost_mqtt_retained_persist_errors_total`.
+    errors: IntCounter,
+    /// Feeds the writer thread.
+    writes: mpsc::Sender<Msg>,
+}
+
+/// What the writer thread is asked to do.
+enum Msg {
+    /// Apply one change; answer once it is durable.
+    Write(Op),
+    /// Release the database file, then answer.
+    Close(oneshot::Sender<()>),
+}
+
+/// One write for the writer thread.
+struct Op {
+    topic: String,
+    change: Change,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// What the edge needs to decide whether a publish changes the retained set.
+///
+/// Mirrors rumqttd 0.20, which the replay must reproduce: a retained publish with a payload
+/// sets, and an empty payload deletes even without the retain flag (RUMQTTD.md, defect 7).
+pub(crate) fn change_of(info: &PublishInfo, v5_packet: &[u8], header: &Header) -> Option<Change> {
+    if info.topic.is_empty() {
+        // An MQTT 5 topic alias: rumqttd resolves it; Roost cannot store what it cannot name.
+        return None;
+    }
+    if info.empty {
+        Some(Change::Delete)
+    } else if info.retain {
+        stored_form(v5_packet, header).map(Change::Set)
+    } else {
+        None
+    }
+}
+
+/// The stored form of an MQTT 5 PUBLISH: QoS 0 with the retain flag, without its packet id.
+fn stored_form(packet: &[u8], header: &Header) -> Option<Vec<u8>> {
+    let body = packet.get(header.header_len..header.total_len())?;
+    let topic_len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
+    let qos = (header.byte1 >> 1) & 0x03;
+    let after_topic = 2 + topic_len;
+    let rest = body.get(after_topic + if qos > 0 { 2 } else { 0 }..)?;
+    let mut out = Vec::with_capacity(body.len());
+    out.extend_from_slice(body.get(..after_topic)?);
+    out.extend_from_slice(rest);
+    Some(crate::frame::packet(0x31, &out))
+}
+
+/// An MQTT 5 PUBLISH (QoS 0, retained, no properties) of `payload` on `topic`.
+pub(crate) fn publish_packet(topic: &str, payload: &[u8]) -> Vec<u8> {
+    let topic = &topic.as_bytes()[..topic.len().min(usize::from(u16::MAX))];
+    let mut body = Vec::with_capacity(topic.len() + payload.len() + 3);
+    body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    body.extend_from_slice(topic);
+    body.push(0);
+    body.extend_from_slice(payload);
+    crate::frame::packet(0x31, &body)
+}
+
+impl Retained {
+    /// Opens (or creates) the durable retained set in `data_dir` and starts its writer.
+    /// Returns the stored packets, in topic order, for the caller to replay into rumqttd.
+    pub(crate) fn open(
+        data_dir: &Path,
+        gauge: IntGauge,
+        errors: IntCounter,
+    ) -> Result<(Retained, Vec<Vec<u8>>)> {
+        let path = data_dir.join(FILE_NAME);
+        let store_error = |e: redb::Error| Error::Retained {
+            path: path.clone(),
+            source: Box::new(e),
+        };
+        std::fs::create_dir_all(data_dir).map_err(|e| store_error(e.into()))?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| store_error(e.into()))?;
+        let mut topics = HashSet::new();
+        let mut packets = Vec::new();
+        {
+            let read = db.begin_read().map_err(|e| store_error(e.into()))?;
+            match read.open_table(TABLE) {
+                Ok(table) => {
+                    for entry in table.iter().map_err(|e| store_error(e.into()))? {
+                        let (topic, packet) = entry.map_err(|e| store_error(e.into()))?;
+                        topics.insert(Box::<str>::from(topic.value()));
+                        packets.push(packet.value().to_vec());
+                    }
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => return Err(store_error(e.into())),
+            }
+        }
+        gauge.set(i64::try_from(topics.len()).unwrap_or(i64::MAX));
+        let (writes, queue) = mpsc::channel(QUEUE);
+        std::thread::Builder::new()
+            .name("roost-retained".into())
+            .spawn(move || writer(db, queue))
+            .map_err(|e| Error::Startup(format!("spawning the retained writer: {e}")))?;
+        Ok((
+            Retained {
+                inner: Arc::new(Inner {
+                    topics: Mutex::new(topics),
+                    gauge,
+                    errors,
+                    writes,
+                }),
+            },
+            packets,
+        ))
+    }
+
+    /// Applies `change` to `topic` and returns once it is durable. A failed write is logged
+    /// and counted; the message still flows (the live set matters more than its copy).
+    pub(crate) async fn record(&self, topic: &str, change: Change) {
+        self.index(topic, &change);
+        let (done, wait) = oneshot::channel();
+        let op = Op {
+            topic: topic.to_owned(),
+            change,
+            done,
+        };
+        let result = match self.inner.writes.send(Msg::Write(op)).await {
+            Ok(()) => wait.await.unwrap_or_else(|_| Err("writer stopped".into())),
+            Err(_) => Err("writer stopped".into()),
+        };
+        if let Err(e) = result {
+            tracing::error!(topic, error = %e, "could not persist a retained message");
+            self.inner.errors.inc();
         }
     }
 
-    /// Records a publish on `topic`; `retain` and `empty` are its flag and payload state.
-    pub fn observe(&self, topic: &str, retain: bool, empty: bool) {
-        if topic.is_empty() || (!retain && !empty) {
-            return;
+    /// Commits what is queued, releases the database file and stops the writer. Later
+    /// `record` calls still update the count but are not persisted (and are counted as errors).
+    pub(crate) async fn close(&self) {
+        let (done, closed) = oneshot::channel();
+        if self.inner.writes.send(Msg::Close(done)).await.is_ok() {
+            let _ = closed.await;
         }
-        // A poisoned lock only means another thread panicked mid-insert; the set is still a
+    }
+
+    fn index(&self, topic: &str, change: &Change) {
+        // A poisoned lock only means another thread panicked mid-update; the set is still a
         // valid set, so keep using it.
-        let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
-        if empty {
-            topics.remove(topic);
-        } else if !topics.contains(topic) {
-            topics.insert(topic.into());
+        let mut topics = self.inner.topics.lock().unwrap_or_else(|e| e.into_inner());
+        match change {
+            Change::Delete => {
+                topics.remove(topic);
+            }
+            Change::Set(_) => {
+                if !topics.contains(topic) {
+                    topics.insert(topic.into());
+                }
+            }
         }
-        self.gauge
+        self.inner
+            .gauge
             .set(i64::try_from(topics.len()).unwrap_or(i64::MAX));
     }
+}
+
+/// Commits queued writes in batches until asked to close or every sender is gone.
+fn writer(db: Database, mut queue: mpsc::Receiver<Msg>) {
+    let mut close = None;
+    while let Some(first) = queue.blocking_recv() {
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Write(op) => batch.push(op),
+                Msg::Close(done) => {
+                    close = Some(done);
+                    break;
+                }
+            }
+            if batch.len() < BATCH {
+                next = queue.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            let result = commit(&db, &batch).map_err(|e| e.to_string());
+            for op in batch {
+                let _ = op.done.send(result.clone());
+            }
+        }
+        if close.is_some() {
+            break;
+        }
+    }
+    drop(db);
+    if let Some(done) = close {
+        let _ = done.send(());
+    }
+}
+
+fn commit(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    {
+        let mut table = txn.open_table(TABLE)?;
+        for op in batch {
+            match &op.change {
+                Change::Set(packet) => {
+                    table.insert(op.topic.as_str(), packet.as_slice())?;
+                }
+                Change::Delete => {
+                    table.remove(op.topic.as_str())?;
+                }
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::{self, parse_header, parse_publish, Protocol};
+
+    fn metrics() -> (IntGauge, IntCounter) {
+        (
+            IntGauge::new("r", "r").unwrap(),
+            IntCounter::new("e", "e").unwrap(),
+        )
+    }
 
     #[test]
-    fn tracks_sets_and_deletes() {
-        let index = RetainedIndex::new(IntGauge::new("t", "t").unwrap());
-        index.observe("a", true, false);
-        index.observe("a", true, false);
-        index.observe("b", true, false);
-        index.observe("c", false, false);
-        assert_eq!(index.gauge.get(), 2);
-        index.observe("a", true, true);
-        assert_eq!(index.gauge.get(), 1);
-        // rumqttd deletes on an empty payload even without the retain flag.
-        index.observe("b", false, true);
-        assert_eq!(index.gauge.get(), 0);
+    fn stored_form_drops_qos_and_packet_id() {
+        // MQTT 5, QoS 1, retain, topic "a/b", packet id 7, one property, payload "on".
+        let p = frame::packet(
+            0x33,
+            &[0, 3, b'a', b'/', b'b', 0, 7, 2, 0x01, 1, b'o', b'n'],
+        );
+        let h = parse_header(&p, usize::MAX).unwrap().unwrap();
+        let stored = stored_form(&p, &h).unwrap();
+        assert_eq!(
+            stored,
+            frame::packet(0x31, &[0, 3, b'a', b'/', b'b', 2, 0x01, 1, b'o', b'n'])
+        );
+        let sh = parse_header(&stored, usize::MAX).unwrap().unwrap();
+        let info = parse_publish(&stored, &sh, Protocol::V5).unwrap();
+        assert!(info.retain && !info.empty);
+    }
+
+    #[test]
+    fn which_publishes_change_the_set() {
+        let p = publish_packet("t", b"x");
+        let h = parse_header(&p, usize::MAX).unwrap().unwrap();
+        let info = |retain, empty| PublishInfo {
+            topic: "t".into(),
+            retain,
+            empty,
+        };
+        assert_eq!(
+            change_of(&info(true, false), &p, &h),
+            Some(Change::Set(p.clone()))
+        );
+        assert_eq!(change_of(&info(true, true), &p, &h), Some(Change::Delete));
+        assert_eq!(change_of(&info(false, true), &p, &h), Some(Change::Delete));
+        assert_eq!(change_of(&info(false, false), &p, &h), None);
+    }
+
+    #[tokio::test]
+    async fn survives_reopen_with_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (g, e) = metrics();
+        let (retained, loaded) = Retained::open(dir.path(), g.clone(), e).unwrap();
+        assert!(loaded.is_empty());
+        for i in 0..20 {
+            let topic = format!("home/{i:02}");
+            retained
+                .record(&topic, Change::Set(publish_packet(&topic, b"v")))
+                .await;
+        }
+        for i in 0..5 {
+            retained
+                .record(&format!("home/{i:02}"), Change::Delete)
+                .await;
+        }
+        assert_eq!(g.get(), 15);
+        retained.close().await;
+        let (g2, e2) = metrics();
+        let reopened = Retained::open(dir.path(), g2.clone(), e2).unwrap();
+        assert_eq!(reopened.1.len(), 15);
+        assert_eq!(reopened.1[0], publish_packet("home/05", b"v"));
+        assert_eq!(g2.get(), 15);
     }
 }

@@ -2,6 +2,7 @@
 //! nothing in this crate reads files.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// How the node's MQTT broker listens and what it accepts.
@@ -15,4 +16,6 @@ pub struct BrokerSettings {
     pub max_packet_size: usize,
     /// How long a new connection has to send its CONNECT packet.
     pub connect_timeout: Duration,
+    /// Where the broker keeps its durable state (the retained set, `retained.redb`).
+    pub data_dir: PathBuf,
 }

@@ -176,10 +176,8 @@ mod tests {
         assert_eq!(c.protocol, Protocol::V5);
         assert_eq!(c.client_id, "c1");
         let will = c.will.unwrap();
-        assert_eq!(
-            (will.topic.as_str(), will.retain, will.empty),
-            ("w", true, false)
-        );
+        assert_eq!((will.topic.as_str(), will.retain), ("w", true));
+        assert_eq!(will.payload, b"bye");
     }
 
     #[test]

@@ -73,6 +73,7 @@ async fn run_node(settings: Settings) -> anyhow::Result<()> {
             max_connections: settings.mqtt.max_connections,
             max_packet_size: settings.mqtt.max_packet_size,
             connect_timeout: settings.mqtt.connect_timeout,
+            data_dir: settings.node.data_dir.clone(),
         },
         &registry,
         token.child_token(),
@@ -182,6 +183,12 @@ async fn run_node(settings: Settings) -> anyhow::Result<()> {
         .is_err()
     {
         tracing::warn!("some tasks did not stop in time");
+    }
+    if tokio::time::timeout_at(stop_by, broker.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the retained messages did not flush in time");
     }
     match tokio::time::timeout_at(stop_by, store.close()).await {
         Ok(result) => result.context("flushing the state store")?,
