@@ -21,7 +21,7 @@ use crate::embed::{
 };
 use crate::error::{Error, Result};
 use crate::metrics::BrokerMetrics;
-use crate::retained::{self, Change, Retained};
+use crate::retained::{self, Change, Retained, Stored};
 
 /// Messages a subscription buffers before its link stops draining (backpressure).
 const SUBSCRIPTION_BUFFER: usize = 1024;
@@ -109,8 +109,8 @@ impl BrokerClient {
         })
     }
 
-    /// Publishes `payload` on `topic` at QoS 0, retained if asked. A retained message (or an
-    /// empty payload, which deletes one) is durable before it is routed. Resolves once the
+    /// Publishes `payload` on `topic` at QoS 0, retained if asked. A retained message (or a
+    /// retained empty payload, which deletes one) is durable before it is routed. Resolves once the
     /// message is queued for the router; waits if the queue is full.
     pub async fn publish(
         &self,
@@ -120,13 +120,17 @@ impl BrokerClient {
     ) -> Result<()> {
         validate_topic(topic)?;
         let payload = payload.into();
-        if payload.is_empty() {
+        if retain && payload.is_empty() {
             self.inner.retained.record(topic, Change::Delete).await;
         } else if retain {
-            let packet = retained::publish_packet(topic, &payload);
-            self.inner.retained.record(topic, Change::Set(packet)).await;
+            let stored = Stored {
+                qos: 0,
+                packet: retained::publish_packet(topic, &payload).into(),
+            };
+            self.inner.retained.record(topic, Change::Set(stored)).await;
         }
-        let publish = Publish::new(Bytes::copy_from_slice(topic.as_bytes()), payload, retain);
+        // rumqttd keeps no retained messages: Roost does (retained.rs).
+        let publish = Publish::new(Bytes::copy_from_slice(topic.as_bytes()), payload, false);
         self.inner
             .publish
             .send(publish)
@@ -142,7 +146,7 @@ impl BrokerClient {
 
     /// Subscribes to `filter` (MQTT wildcards allowed) on a link of its own.
     ///
-    /// Retained messages matching the filter are delivered first, as rumqttd sends them.
+    /// The retained messages matching the filter are delivered first, then live messages.
     pub async fn subscribe(&self, filter: &str) -> Result<Subscription> {
         validate_filter(filter)?;
         if self.inner.token.is_cancelled() {
@@ -160,8 +164,19 @@ impl BrokerClient {
         })
         .await?;
         let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
+        let retained = self
+            .inner
+            .retained
+            .matching(filter)
+            .into_iter()
+            .filter_map(|(topic, stored)| {
+                let payload = Bytes::copy_from_slice(stored.payload()?);
+                Some(Message { topic, payload })
+            })
+            .collect();
         let task = SubscriptionTask {
             id,
+            retained,
             link_tx,
             link_rx,
             deliver: tx,
@@ -208,9 +223,11 @@ async fn drain(mut link: LinkRx, token: CancellationToken) {
     }
 }
 
-/// Forwards one link's messages to its `Subscription`.
+/// Forwards one link's messages to its `Subscription`, after the retained ones.
 struct SubscriptionTask {
     id: String,
+    /// Retained messages matching the filter when it was subscribed, delivered first.
+    retained: Vec<Message>,
     link_tx: LinkTx,
     link_rx: LinkRx,
     deliver: mpsc::Sender<Message>,
@@ -221,6 +238,12 @@ struct SubscriptionTask {
 impl SubscriptionTask {
     async fn run(mut self) {
         let delivered = self.metrics.messages_sent.with_label_values(&["local"]);
+        for message in std::mem::take(&mut self.retained) {
+            delivered.inc();
+            if self.deliver.send(message).await.is_err() {
+                return;
+            }
+        }
         loop {
             let next = tokio::select! {
                 () = self.token.cancelled() => return,

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::v5::V5;
-use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet, Protocol as _};
+use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet};
 use rumqttd::{
     ConnectionSettings, LinkType, Notification, Router, RouterConfig, Server, ServerSettings,
 };
@@ -185,36 +185,6 @@ pub(crate) async fn start(settings: &BrokerSettings) -> Result<Embedded> {
     drop(probe_rx);
 
     Ok(Embedded { v5, links })
-}
-
-/// Replays stored retained messages (MQTT 5 PUBLISH packets) into the router through a link
-/// of their own, in order, before any client can connect: the router handles its event queue
-/// in order, so every replayed message is in place before the first client's CONNECT.
-pub(crate) async fn replay(links: &LinkFactory, packets: Vec<Vec<u8>>) -> Result<usize> {
-    if packets.is_empty() {
-        return Ok(0);
-    }
-    let links = links.clone();
-    blocking(move || {
-        let id = format!("{INTERNAL_ID_PREFIX}{}-replay", std::process::id());
-        let (mut tx, _rx) = links(&id)?;
-        let mut replayed = 0;
-        for packet in packets {
-            let mut buf = bytes::BytesMut::from(&packet[..]);
-            match V5.read_mut(&mut buf, usize::MAX) {
-                Ok(publish @ Packet::Publish(..)) => {
-                    send_blocking(&id, &mut tx, publish)?;
-                    replayed += 1;
-                }
-                Ok(_) | Err(_) => {
-                    tracing::warn!("skipping a stored retained message that does not decode");
-                }
-            }
-        }
-        send_blocking(&id, &mut tx, disconnect())?;
-        Ok(replayed)
-    })
-    .await
 }
 
 /// Connects a probe client to `addr`, publishes on `topic`, and waits for the probe link to

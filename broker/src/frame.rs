@@ -146,6 +146,8 @@ pub struct Will {
     pub topic: String,
     /// Whether the will is retained.
     pub retain: bool,
+    /// The will's QoS.
+    pub qos: u8,
     /// The will's payload (empty deletes a retained message).
     pub payload: Vec<u8>,
 }
@@ -250,6 +252,7 @@ pub fn parse_connect(packet: &[u8], header: &Header) -> Result<Connect, FrameErr
         Some(Will {
             topic,
             retain: flags & 0x20 != 0,
+            qos: (flags >> 3) & 0x03,
             payload: payload.to_vec(),
         })
     } else {
@@ -320,6 +323,20 @@ pub fn connack_refusal(protocol: Protocol, code: u8) -> Vec<u8> {
         }
         _ => packet(0x20, &[0x00, code]),
     }
+}
+
+/// The size of the MQTT 5 property block at the start of `bytes`, its length field included;
+/// `None` when the length field is malformed or the block runs past `bytes`.
+pub fn property_block_len(bytes: &[u8]) -> Option<usize> {
+    let mut value = 0usize;
+    for (i, &b) in bytes.iter().take(4).enumerate() {
+        value |= usize::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            let total = i + 1 + value;
+            return (total <= bytes.len()).then_some(total);
+        }
+    }
+    None
 }
 
 /// Encodes a packet: the first byte, the remaining length, then `body`.
@@ -426,6 +443,7 @@ mod tests {
             Some(Will {
                 topic: "home/s1/status".into(),
                 retain: true,
+                qos: 0,
                 payload: b"offline".to_vec()
             })
         );

@@ -8,7 +8,8 @@
 //! - `embed`: rumqttd's router, its internal MQTT 5 server, and in-process links;
 //! - `client`: [`BrokerClient`], how the rest of the node publishes and subscribes;
 //! - `frame`: MQTT framing as the edge needs it;
-//! - `retained`: the durable retained set (redb), replayed into rumqttd at start;
+//! - `retained`, `topic`: the retained set Roost keeps (rumqttd keeps none), durable in redb
+//!   and delivered by the edge on every subscribe;
 //! - `metrics`, `settings`, `error`.
 //!
 //! docs/broker.md explains the design and which rumqttd defect each part answers.
@@ -21,6 +22,7 @@ mod frame;
 mod metrics;
 mod retained;
 mod settings;
+mod topic;
 mod translate;
 
 use std::net::SocketAddr;
@@ -61,7 +63,7 @@ impl Broker {
         tracker: &TaskTracker,
     ) -> Result<Broker> {
         let metrics = BrokerMetrics::register(registry)?;
-        let (retained, stored) = Retained::open(
+        let (retained, loaded) = Retained::open(
             &settings.data_dir,
             metrics.retained.clone(),
             metrics.retained_persist_errors.clone(),
@@ -79,9 +81,7 @@ impl Broker {
         })?;
         let embedded = embed::start(&settings).await?;
         tracing::debug!(internal = %embedded.v5, "rumqttd's internal server is up");
-        // The stored retained set goes back into the router before any client can connect.
-        let replayed = embed::replay(&embedded.links, stored).await?;
-        tracing::info!(retained = replayed, "retained messages restored");
+        tracing::info!(retained = loaded, "retained messages restored");
         let client = BrokerClient::start(
             embedded.links.clone(),
             metrics.clone(),

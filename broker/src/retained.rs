@@ -1,13 +1,14 @@
-//! The retained set, kept durable. rumqttd holds retained messages only in memory (RUMQTTD.md,
-//! defect 1), so every retained publish or delete is written to `<data_dir>/retained.redb`
-//! before it reaches rumqttd, and at start the stored set is replayed into rumqttd's router
-//! before the first client connects. A node that restarts, is killed or loses power serves the
-//! retained set it had, deletes included.
+//! The retained set, owned by Roost: in memory for delivery, and durable in
+//! `<data_dir>/retained.redb`. rumqttd keeps none: the edge clears the retain flag before a
+//! publish reaches the router and delivers retained messages itself on every subscribe
+//! (RUMQTTD.md defects 1, 2, 7 and rumqttd#1069). A node that restarts, is killed or loses
+//! power serves the retained set it had, deletes included.
 //!
 //! Writes go through one writer thread with group commit (one fsync for whatever is queued).
-//! Callers: the edge (publishes from clients, fired wills) and the in-process client.
+//! Callers: the edge (publishes from clients, fired wills, deliveries on subscribe) and the
+//! in-process client.
 
-use std::collections::HashSet;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -18,8 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{Error, Result};
 use crate::frame::{Header, PublishInfo};
 
-/// topic → the retained message as an MQTT 5 PUBLISH packet (QoS 0, retain set), ready to
-/// replay into rumqttd.
+/// topic → the message's QoS (one byte), then the message as an MQTT 5 PUBLISH packet (QoS 0,
+/// retain set, properties kept).
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
 /// The file in the data dir.
 pub(crate) const FILE_NAME: &str = "retained.redb";
@@ -30,24 +31,44 @@ const BATCH: usize = 256;
 /// redb's page cache: the retained set is read once, at start.
 const CACHE_BYTES: usize = 4 * 1024 * 1024;
 
+/// One retained message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Stored {
+    /// The QoS it was published with; delivered at the lower of this and the subscription's.
+    pub qos: u8,
+    /// The message as an MQTT 5 PUBLISH: QoS 0, retain set, no packet id.
+    pub packet: Arc<[u8]>,
+}
+
+impl Stored {
+    /// The message's payload, behind its topic and properties.
+    pub(crate) fn payload(&self) -> Option<&[u8]> {
+        let header = crate::frame::parse_header(&self.packet, usize::MAX).ok()??;
+        let body = self.packet.get(header.header_len..header.total_len())?;
+        let topic_end = 2 + usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
+        let props = crate::frame::property_block_len(body.get(topic_end..)?)?;
+        body.get(topic_end + props..)
+    }
+}
+
 /// What a publish does to the retained set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Change {
-    /// Keep this packet as the topic's retained message.
-    Set(Vec<u8>),
+    /// Keep this message as the topic's retained message.
+    Set(Stored),
     /// Remove the topic's retained message.
     Delete,
 }
 
-/// The retained set's index and its durable copy; cloning shares them.
+/// The retained set and its durable copy; cloning shares them.
 #[derive(Clone)]
 pub(crate) struct Retained {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    /// Topics holding a retained message, for the count.
-    topics: Mutex<HashSet<Box<str>>>,
+    /// topic → its retained message.
+    messages: Mutex<BTreeMap<Box<str>, Stored>>,
     /// `roost_mqtt_retained_messages`.
     gauge: IntGauge,
     /// `roost_mqtt_retained_persist_errors_total`.
@@ -71,22 +92,23 @@ struct Op {
     done: oneshot::Sender<Result<(), String>>,
 }
 
-/// What the edge needs to decide whether a publish changes the retained set.
-///
-/// Mirrors rumqttd 0.20, which the replay must reproduce: a retained publish with a payload
-/// sets, and an empty payload deletes even without the retain flag (RUMQTTD.md, defect 7).
+/// What a publish does to the retained set (MQTT §3.3.1.3): only a publish with the retain
+/// flag changes it; with a payload it sets, with an empty payload it deletes.
 pub(crate) fn change_of(info: &PublishInfo, v5_packet: &[u8], header: &Header) -> Option<Change> {
-    if info.topic.is_empty() {
-        // An MQTT 5 topic alias: rumqttd resolves it; Roost cannot store what it cannot name.
+    if info.topic.is_empty() || !info.retain {
+        // Not retained, or an MQTT 5 topic alias Roost cannot name (rumqttd resolves those).
         return None;
     }
     if info.empty {
-        Some(Change::Delete)
-    } else if info.retain {
-        stored_form(v5_packet, header).map(Change::Set)
-    } else {
-        None
+        return Some(Change::Delete);
     }
+    let qos = (header.byte1 >> 1) & 0x03;
+    stored_form(v5_packet, header).map(|packet| {
+        Change::Set(Stored {
+            qos,
+            packet: packet.into(),
+        })
+    })
 }
 
 /// The stored form of an MQTT 5 PUBLISH: QoS 0 with the retain flag, without its packet id.
@@ -114,13 +136,13 @@ pub(crate) fn publish_packet(topic: &str, payload: &[u8]) -> Vec<u8> {
 }
 
 impl Retained {
-    /// Opens (or creates) the durable retained set in `data_dir` and starts its writer.
-    /// Returns the stored packets, in topic order, for the caller to replay into rumqttd.
+    /// Opens (or creates) the durable retained set in `data_dir`, loads it, and starts its
+    /// writer. Returns how many messages were loaded.
     pub(crate) fn open(
         data_dir: &Path,
         gauge: IntGauge,
         errors: IntCounter,
-    ) -> Result<(Retained, Vec<Vec<u8>>)> {
+    ) -> Result<(Retained, usize)> {
         let path = data_dir.join(FILE_NAME);
         let store_error = |e: redb::Error| Error::Retained {
             path: path.clone(),
@@ -131,23 +153,28 @@ impl Retained {
             .set_cache_size(CACHE_BYTES)
             .create(&path)
             .map_err(|e| store_error(e.into()))?;
-        let mut topics = HashSet::new();
-        let mut packets = Vec::new();
+        let mut messages = BTreeMap::new();
         {
             let read = db.begin_read().map_err(|e| store_error(e.into()))?;
             match read.open_table(TABLE) {
                 Ok(table) => {
                     for entry in table.iter().map_err(|e| store_error(e.into()))? {
-                        let (topic, packet) = entry.map_err(|e| store_error(e.into()))?;
-                        topics.insert(Box::<str>::from(topic.value()));
-                        packets.push(packet.value().to_vec());
+                        let (topic, value) = entry.map_err(|e| store_error(e.into()))?;
+                        if let Some((&qos, packet)) = value.value().split_first() {
+                            let stored = Stored {
+                                qos,
+                                packet: packet.into(),
+                            };
+                            messages.insert(Box::<str>::from(topic.value()), stored);
+                        }
                     }
                 }
                 Err(redb::TableError::TableDoesNotExist(_)) => {}
                 Err(e) => return Err(store_error(e.into())),
             }
         }
-        gauge.set(i64::try_from(topics.len()).unwrap_or(i64::MAX));
+        let loaded = messages.len();
+        gauge.set(i64::try_from(loaded).unwrap_or(i64::MAX));
         let (writes, queue) = mpsc::channel(QUEUE);
         std::thread::Builder::new()
             .name("roost-retained".into())
@@ -156,14 +183,42 @@ impl Retained {
         Ok((
             Retained {
                 inner: Arc::new(Inner {
-                    topics: Mutex::new(topics),
+                    messages: Mutex::new(messages),
                     gauge,
                     errors,
                     writes,
                 }),
             },
-            packets,
+            loaded,
         ))
+    }
+
+    /// The retained messages whose topics match `filter`, in topic order. Shared
+    /// subscriptions get none.
+    pub(crate) fn matching(&self, filter: &str) -> Vec<(String, Stored)> {
+        if crate::topic::is_shared(filter) {
+            return Vec::new();
+        }
+        let prefix = crate::topic::literal_prefix(filter);
+        let messages = self.lock();
+        messages
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(topic, _)| topic.starts_with(prefix))
+            .filter(|(topic, _)| crate::topic::matches(filter, topic))
+            .map(|(topic, stored)| (topic.to_string(), stored.clone()))
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Box<str>, Stored>> {
+        // A poisoned lock only means another thread panicked mid-update; the map is still a
+        // valid map, so keep using it.
+        self.inner
+            .messages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Applies `change` to `topic` and returns once it is durable. A failed write is logged
@@ -196,22 +251,18 @@ impl Retained {
     }
 
     fn index(&self, topic: &str, change: &Change) {
-        // A poisoned lock only means another thread panicked mid-update; the set is still a
-        // valid set, so keep using it.
-        let mut topics = self.inner.topics.lock().unwrap_or_else(|e| e.into_inner());
+        let mut messages = self.lock();
         match change {
             Change::Delete => {
-                topics.remove(topic);
+                messages.remove(topic);
             }
-            Change::Set(_) => {
-                if !topics.contains(topic) {
-                    topics.insert(topic.into());
-                }
+            Change::Set(stored) => {
+                messages.insert(topic.into(), stored.clone());
             }
         }
         self.inner
             .gauge
-            .set(i64::try_from(topics.len()).unwrap_or(i64::MAX));
+            .set(i64::try_from(messages.len()).unwrap_or(i64::MAX));
     }
 }
 
@@ -255,8 +306,11 @@ fn commit(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
         let mut table = txn.open_table(TABLE)?;
         for op in batch {
             match &op.change {
-                Change::Set(packet) => {
-                    table.insert(op.topic.as_str(), packet.as_slice())?;
+                Change::Set(stored) => {
+                    let mut value = Vec::with_capacity(stored.packet.len() + 1);
+                    value.push(stored.qos);
+                    value.extend_from_slice(&stored.packet);
+                    table.insert(op.topic.as_str(), value.as_slice())?;
                 }
                 Change::Delete => {
                     table.remove(op.topic.as_str())?;
@@ -298,8 +352,15 @@ mod tests {
         assert!(info.retain && !info.empty);
     }
 
+    fn set(topic: &str, payload: &[u8]) -> Change {
+        Change::Set(Stored {
+            qos: 1,
+            packet: publish_packet(topic, payload).into(),
+        })
+    }
+
     #[test]
-    fn which_publishes_change_the_set() {
+    fn only_retained_publishes_change_the_set() {
         let p = publish_packet("t", b"x");
         let h = parse_header(&p, usize::MAX).unwrap().unwrap();
         let info = |retain, empty| PublishInfo {
@@ -307,13 +368,41 @@ mod tests {
             retain,
             empty,
         };
+        let stored = Stored {
+            qos: 0,
+            packet: p.clone().into(),
+        };
         assert_eq!(
             change_of(&info(true, false), &p, &h),
-            Some(Change::Set(p.clone()))
+            Some(Change::Set(stored))
         );
         assert_eq!(change_of(&info(true, true), &p, &h), Some(Change::Delete));
-        assert_eq!(change_of(&info(false, true), &p, &h), Some(Change::Delete));
+        // An empty publish without the retain flag is just a message (rumqttd's defect 7).
+        assert_eq!(change_of(&info(false, true), &p, &h), None);
         assert_eq!(change_of(&info(false, false), &p, &h), None);
+    }
+
+    #[tokio::test]
+    async fn matching_follows_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let (g, e) = metrics();
+        let (retained, _) = Retained::open(dir.path(), g, e).unwrap();
+        for topic in ["home/a", "home/b/c", "homey", "$SYS/x", "other"] {
+            retained.record(topic, set(topic, b"v")).await;
+        }
+        let topics = |filter: &str| -> Vec<String> {
+            retained
+                .matching(filter)
+                .into_iter()
+                .map(|(t, _)| t)
+                .collect()
+        };
+        assert_eq!(topics("home/#"), ["home/a", "home/b/c"]);
+        assert_eq!(topics("home/+"), ["home/a"]);
+        assert_eq!(topics("#"), ["home/a", "home/b/c", "homey", "other"]);
+        assert_eq!(topics("$SYS/#"), ["$SYS/x"]);
+        assert_eq!(topics("homey"), ["homey"]);
+        assert!(topics("$share/g/home/#").is_empty());
     }
 
     #[tokio::test]
@@ -321,12 +410,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (g, e) = metrics();
         let (retained, loaded) = Retained::open(dir.path(), g.clone(), e).unwrap();
-        assert!(loaded.is_empty());
+        assert_eq!(loaded, 0);
         for i in 0..20 {
             let topic = format!("home/{i:02}");
-            retained
-                .record(&topic, Change::Set(publish_packet(&topic, b"v")))
-                .await;
+            retained.record(&topic, set(&topic, b"v")).await;
         }
         for i in 0..5 {
             retained
@@ -336,9 +423,12 @@ mod tests {
         assert_eq!(g.get(), 15);
         retained.close().await;
         let (g2, e2) = metrics();
-        let reopened = Retained::open(dir.path(), g2.clone(), e2).unwrap();
-        assert_eq!(reopened.1.len(), 15);
-        assert_eq!(reopened.1[0], publish_packet("home/05", b"v"));
+        let (reopened, loaded) = Retained::open(dir.path(), g2.clone(), e2).unwrap();
+        assert_eq!(loaded, 15);
+        let first = &reopened.matching("home/#")[0];
+        assert_eq!(first.0, "home/05");
+        assert_eq!(first.1.qos, 1);
+        assert_eq!(&first.1.packet[..], &publish_packet("home/05", b"v")[..]);
         assert_eq!(g2.get(), 15);
     }
 }

@@ -120,16 +120,7 @@ fn publish_header_len(body: &[u8], header: &Header) -> Result<usize, FrameError>
 
 /// The size of the property block (length field included) at the start of `bytes`.
 fn props_len(bytes: &[u8], what: &'static str) -> Result<usize, FrameError> {
-    let mut value = 0usize;
-    for (i, &b) in bytes.iter().take(4).enumerate() {
-        value |= usize::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            let total = i + 1 + value;
-            check_len(bytes, total, what)?;
-            return Ok(total);
-        }
-    }
-    Err(FrameError::Malformed(what))
+    frame::property_block_len(bytes).ok_or(FrameError::Malformed(what))
 }
 
 fn body<'a>(packet: &'a [u8], header: &Header) -> Result<&'a [u8], FrameError> {
