@@ -5,7 +5,9 @@
 //!   from publish call to delivery, at QoS 0 and QoS 1; once with the client's default socket
 //!   (Nagle on, as most device clients have it) and once with TCP_NODELAY (`latency-nd`);
 //! - throughput: one publisher as fast as the client goes, one subscriber; messages delivered
-//!   per second between the first publish and the last delivery, at QoS 0 and QoS 1.
+//!   per second between the first publish and the last delivery, at QoS 0 and QoS 1;
+//! - retained: 10,000 retained messages stored, then the time for a new `#` subscriber to
+//!   receive them all, at QoS 0 and QoS 1 (`p50 µs` column: the whole delivery, in ms).
 //!
 //! Prints a table; asserts nothing. Run:
 //! `cargo build --release --workspace --bins && target/release/mqtt_bench [LATENCY_N] [THROUGHPUT_N]`
@@ -20,6 +22,8 @@ use tokio::sync::oneshot;
 const PAYLOAD: usize = 64;
 /// Publish rate of the latency run.
 const LATENCY_RATE: u64 = 1_000;
+/// Retained messages stored for the retained run.
+const RETAINED_N: usize = 10_000;
 /// The bound on one run; a run that does not finish reports what it got.
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 
@@ -65,6 +69,11 @@ fn main() {
             print_row(name, qos, "latency-nd", &latency);
             let throughput = runtime.block_on(throughput_run(*port, qos, throughput_n));
             print_row(name, qos, "throughput", &throughput);
+        }
+        runtime.block_on(store_retained(*port, RETAINED_N));
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+            let retained = runtime.block_on(retained_run(*port, qos, RETAINED_N));
+            print_row(name, qos, "retained ms", &retained);
         }
     }
 }
@@ -234,5 +243,71 @@ async fn throughput_run(port: u16, qos: QoS, n: usize) -> Figures {
         p50_us: None,
         p99_us: None,
         per_second: (got > 0 && !span.is_zero()).then(|| got as f64 / span.as_secs_f64()),
+    }
+}
+
+/// Stores `n` retained messages under `bench/retained/` (QoS 1, every PUBACK awaited).
+async fn store_retained(port: u16, n: usize) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let acked = Arc::new(AtomicUsize::new(0));
+    let (done_tx, done_rx) = oneshot::channel();
+    let mut done_tx = Some(done_tx);
+    let counter = acked.clone();
+    let mut options = MqttOptions::new("bench-ret-pub", "127.0.0.1", port);
+    options.set_inflight(100);
+    let (publisher, mut events) = AsyncClient::new(options, 10_000);
+    tokio::spawn(async move {
+        while let Ok(event) = events.poll().await {
+            if let Event::Incoming(Packet::PubAck(_)) = event {
+                if counter.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                    if let Some(tx) = done_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+        }
+    });
+    for i in 0..n {
+        let topic = format!("bench/retained/{:02}/{i:05}", i % 100);
+        publisher
+            .publish(topic, QoS::AtLeastOnce, true, vec![b'r'; PAYLOAD])
+            .await
+            .expect("publish");
+    }
+    let _ = tokio::time::timeout(RUN_LIMIT, done_rx).await;
+    let _ = publisher.disconnect().await;
+}
+
+/// A new subscriber to `bench/retained/#`: how long until it has all `n` retained messages.
+async fn retained_run(port: u16, qos: QoS, n: usize) -> Figures {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let received = Arc::new(AtomicUsize::new(0));
+    let (done_tx, done_rx) = oneshot::channel::<Instant>();
+    let mut done_tx = Some(done_tx);
+    let counter = received.clone();
+    let id = format!("bench-ret-sub-{}", qos as u8);
+    let (sub, _) = client(port, &id, false, move |_, at| {
+        if counter.fetch_add(1, Ordering::Relaxed) + 1 == n {
+            if let Some(tx) = done_tx.take() {
+                let _ = tx.send(at);
+            }
+        }
+    });
+    let start = Instant::now();
+    sub.subscribe("bench/retained/#", qos)
+        .await
+        .expect("subscribe");
+    // A broker that delivers fewer than `n` never completes; give it 10 s.
+    let done = tokio::time::timeout(Duration::from_secs(10), done_rx).await;
+    let _ = sub.disconnect().await;
+    Figures {
+        sent: n,
+        received: received.load(Ordering::Relaxed),
+        p50_us: match done {
+            Ok(Ok(at)) => Some(at.duration_since(start).as_secs_f64() * 1000.0),
+            _ => None,
+        },
+        p99_us: None,
+        per_second: None,
     }
 }
