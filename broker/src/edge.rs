@@ -450,6 +450,15 @@ impl Edge {
         if let Some(flags) = flags_at.and_then(|at| first.get_mut(at)) {
             *flags &= !0x20;
         }
+        // Keep-alive 0 ("no keep-alive") is valid MQTT, but rumqttd closes such a connection
+        // without a CONNACK (RUMQTTD.md, defect 11). It gets the longest keep-alive instead:
+        // rumqttd then drops the client only after about 27 hours of complete silence.
+        if let Some(at) = flags_at {
+            if first.get(at + 1..at + 3) == Some(&[0, 0]) {
+                first[at + 1] = 0xff;
+                first[at + 2] = 0xff;
+            }
+        }
         if let Err(e) = upstream.write_all(&first).await {
             return End::Io(e);
         }

@@ -176,3 +176,31 @@ fn connections_over_the_limit_are_refused_not_fatal() {
     drop(held);
     assert_eq!(node.health().0, 200);
 }
+
+/// rumqttd closes a connection whose CONNECT has keep-alive 0 without a CONNACK (RUMQTTD.md,
+/// defect 11); MQTT allows it, and the edge lets such clients in, 3.1.1 and 5 alike.
+#[test]
+fn keep_alive_zero_is_accepted() {
+    let node = Node::builder("keepalive-zero").start();
+    let mut v311 = TcpStream::connect(node.mqtt).unwrap();
+    let mut connect = connect_packet("no-keepalive");
+    connect[10..12].copy_from_slice(&[0, 0]);
+    v311.write_all(&connect).unwrap();
+    v311.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut ack = [0u8; 4];
+    v311.read_exact(&mut ack).unwrap();
+    assert_eq!(ack, [0x20, 0x02, 0x00, 0x00]);
+    // MQTT 5: level 5, keep-alive 0, an empty property block.
+    let mut v5 = TcpStream::connect(node.mqtt).unwrap();
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 0, 0, 0, 4];
+    body.extend_from_slice(b"nk-5");
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend(body);
+    v5.write_all(&packet).unwrap();
+    v5.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut head = [0u8; 4];
+    v5.read_exact(&mut head).unwrap();
+    assert_eq!(head[0], 0x20, "a CONNACK");
+    assert_eq!(head[3], 0x00, "reason code success");
+}
