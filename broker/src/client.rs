@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use rumqttd::local::{LinkRx, LinkTx};
-use rumqttd::protocol::{Packet, Publish};
+use rumqttd::protocol::{Packet, Protocol as _, Publish};
 use rumqttd::Notification;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -45,7 +45,7 @@ pub struct BrokerClient {
 
 struct Inner {
     /// Feeds the publisher thread.
-    publish: mpsc::Sender<Publish>,
+    publish: mpsc::Sender<Packet>,
     /// Opens the links of new subscriptions.
     links: LinkFactory,
     /// Counts messages in and out of the in-process client.
@@ -131,6 +131,11 @@ impl BrokerClient {
         }
         // rumqttd keeps no retained messages: Roost does (retained.rs).
         let publish = Publish::new(Bytes::copy_from_slice(topic.as_bytes()), payload, false);
+        self.route(Packet::Publish(publish, None)).await
+    }
+
+    /// Hands a publish to the publisher thread and counts it.
+    async fn route(&self, publish: Packet) -> Result<()> {
         self.inner
             .publish
             .send(publish)
@@ -142,6 +147,23 @@ impl BrokerClient {
             .with_label_values(&["local"])
             .inc();
         Ok(())
+    }
+
+    /// Publishes an MQTT 5 PUBLISH packet as given (properties kept), at QoS 0 toward the
+    /// router. Used by the edge to fire wills. The caller keeps the retained set in step.
+    pub(crate) async fn publish_v5(&self, packet: &[u8]) -> Result<()> {
+        let mut buf = bytes::BytesMut::from(packet);
+        let publish = match rumqttd::protocol::v5::V5.read_mut(&mut buf, usize::MAX) {
+            Ok(publish @ Packet::Publish(..)) => publish,
+            _ => {
+                return Err(Error::InvalidTopic {
+                    what: "packet",
+                    value: String::new(),
+                    reason: "not a decodable MQTT 5 PUBLISH",
+                })
+            }
+        };
+        self.route(publish).await
     }
 
     /// Subscribes to `filter` (MQTT wildcards allowed) on a link of its own.
@@ -192,9 +214,9 @@ impl BrokerClient {
 }
 
 /// Moves queued publishes into the router; ends when every client handle is dropped.
-fn publisher(id: &str, mut link: LinkTx, mut queue: mpsc::Receiver<Publish>) {
-    while let Some(publish) = queue.blocking_recv() {
-        if let Err(e) = send_blocking(id, &mut link, Packet::Publish(publish, None)) {
+fn publisher(id: &str, mut link: LinkTx, mut queue: mpsc::Receiver<Packet>) {
+    while let Some(packet) = queue.blocking_recv() {
+        if let Err(e) = send_blocking(id, &mut link, packet) {
             tracing::error!(error = %e, "in-process publishes stop");
             return;
         }

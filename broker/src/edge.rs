@@ -1,7 +1,8 @@
 //! Roost's network edge: the public MQTT listener. Every client connection enters here. The
 //! edge enforces the connection limit, the CONNECT deadline and the packet size limit, hands
 //! every client to rumqttd's internal MQTT 5 server (translating for MQTT 3.1.1 clients, see
-//! `translate.rs`), and watches every packet go by for metrics and the retained index.
+//! `translate.rs`), watches every packet go by for metrics, keeps the retained set and
+//! delivers it on subscribe (`retained.rs`), and fires wills itself.
 //!
 //! Bad input costs the sender its connection, with a log line and a metric; the node and every
 //! other client carry on.
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::client::BrokerClient;
 use crate::embed::INTERNAL_ID_PREFIX;
 use crate::frame::{self, kind, Connect, FrameError, Header, Protocol};
 use crate::metrics::BrokerMetrics;
@@ -41,8 +43,8 @@ const KEEPALIVE_RETRIES: u32 = 3;
 /// `router/iobufs.rs`); the edge's own deliveries use the ids above, so their acknowledgements
 /// are told apart and never reach rumqttd.
 const FIRST_EDGE_PKID: u16 = 101;
-/// Retained deliveries at QoS 1/2 in flight at once per connection; rumqttd's own come on top,
-/// so this stays well under the receive maximum of small clients.
+/// Retained deliveries at QoS 1/2 in flight at once per connection. rumqttd's own (up to 100)
+/// come on top, and the client's MQTT 5 Receive Maximum is not read yet: kept small.
 const RETAINED_WINDOW: usize = 10;
 /// Retained deliveries written per turn of the connection loop, so acks and live traffic are
 /// served between batches.
@@ -61,6 +63,13 @@ pub(crate) struct Edge {
     pub metrics: BrokerMetrics,
     /// The durable retained set, fed from every publish and fired will.
     pub retained: Retained,
+    /// Publishes the wills the edge fires.
+    pub client: BrokerClient,
+    /// MQTT 5 wills waiting out their Will Delay Interval, by client id; a new connection
+    /// with the same id cancels its pending will.
+    pub delayed_wills: std::sync::Mutex<HashMap<String, CancellationToken>>,
+    /// Runs delayed wills, so shutdown waits for none of them.
+    pub tracker: TaskTracker,
 }
 
 /// Why a connection ended, for the log and the metrics.
@@ -81,6 +90,26 @@ enum End {
     Io(std::io::Error),
 }
 
+/// Publishes a will: into the retained set first when it is retained, then to subscribers.
+async fn fire_will(retained: &Retained, client: &BrokerClient, will: &frame::Will) {
+    let publish = will.to_publish();
+    if will.retain && will.payload.is_empty() {
+        retained.record(&will.topic, Change::Delete).await;
+    } else if will.retain {
+        // Stored as retained messages are: QoS 0 form with the retain flag, properties kept.
+        let mut packet = publish.clone();
+        packet[0] |= 0x01;
+        let stored = Stored {
+            qos: will.qos,
+            packet: packet.into(),
+        };
+        retained.record(&will.topic, Change::Set(stored)).await;
+    }
+    if let Err(e) = client.publish_v5(&publish).await {
+        tracing::warn!(topic = %will.topic, error = %e, "could not publish a will");
+    }
+}
+
 /// What the client half of a connection tells the broker half.
 enum Note {
     /// The client subscribed with packet id `pkid`: once rumqttd's SUBACK for it is out,
@@ -90,6 +119,8 @@ enum Note {
         /// Each filter with its subscription options byte.
         filters: Vec<(String, u8)>,
     },
+    /// The client unsubscribed these filters (MQTT 5 Retain Handling 1 counts them new again).
+    Unsubscribe(Vec<String>),
     /// The client finished one of the edge's deliveries (PUBACK, or PUBCOMP for QoS 2).
     Done(u16),
     /// The client sent PUBREC for one of the edge's QoS 2 deliveries: answer with PUBREL.
@@ -130,6 +161,11 @@ impl Deliveries {
             Note::Subscribe { pkid, filters } => {
                 self.pending.insert(pkid, filters);
             }
+            Note::Unsubscribe(filters) => {
+                for filter in filters {
+                    self.subscribed.remove(&filter);
+                }
+            }
             Note::Done(pkid) => {
                 self.inflight.remove(&pkid);
             }
@@ -159,6 +195,15 @@ impl Deliveries {
                 let qos = stored.qos.min(code);
                 self.queue.push_back((stored, qos));
             }
+        }
+    }
+
+    /// Drops queued retained copies of `topic`: a live message on it is passing, and an older
+    /// retained value must not arrive after it.
+    fn superseded(&mut self, topic: &[u8]) {
+        if !self.queue.is_empty() {
+            self.queue
+                .retain(|(stored, _)| stored.topic() != Some(topic));
         }
     }
 
@@ -250,6 +295,23 @@ fn subscribe_filters(packet: &[u8], header: &Header) -> Option<(u16, Vec<(String
         at += 3 + len;
     }
     Some((pkid, filters))
+}
+
+/// The filters of an MQTT 5 UNSUBSCRIBE.
+fn unsubscribe_filters(packet: &[u8], header: &Header) -> Option<Vec<String>> {
+    let body = packet.get(header.header_len..header.total_len())?;
+    let mut at = 2 + frame::property_block_len(body.get(2..)?)?;
+    let mut filters = Vec::new();
+    while at < body.len() {
+        let len = usize::from(u16::from_be_bytes([*body.get(at)?, *body.get(at + 1)?]));
+        filters.push(
+            std::str::from_utf8(body.get(at + 2..at + 2 + len)?)
+                .ok()?
+                .to_owned(),
+        );
+        at += 2 + len;
+    }
+    Some(filters)
 }
 
 /// The packet id and reason codes of an MQTT 5 SUBACK.
@@ -439,17 +501,23 @@ impl Edge {
         } else {
             first.to_vec()
         };
-        let mut first = first;
-        // rumqttd must not keep a fired will as retained (it keeps no retained messages at all);
-        // the edge stores a retained will itself when the session ends (below). The connect
-        // flags sit after the protocol name and level in both generations.
+        // rumqttd never sees a will: it misfires them on client-id takeover (RUMQTTD.md,
+        // defect 6). The edge fires the will itself when the session ends (below).
+        let first_header = frame::parse_header(&first, usize::MAX).ok().flatten();
+        let mut first = match first_header.and_then(|h| frame::strip_will(&first, &h)) {
+            Some(stripped) => stripped,
+            None => return self.protocol_error(FrameError::Malformed("CONNECT")),
+        };
+        // A new connection for this client id ends the wait of a delayed will (MQTT 5 §3.1.3.2.2).
+        if let Some(pending) = self.lock_wills().remove(&connect.client_id) {
+            pending.cancel();
+            self.metrics.wills.with_label_values(&["cancelled"]).inc();
+        }
+        // The connect flags sit after the protocol name and level.
         let flags_at = frame::parse_header(&first, usize::MAX)
             .ok()
             .flatten()
             .map(|h| h.header_len + 7);
-        if let Some(flags) = flags_at.and_then(|at| first.get_mut(at)) {
-            *flags &= !0x20;
-        }
         // Keep-alive 0 ("no keep-alive") is valid MQTT, but rumqttd closes such a connection
         // without a CONNACK (RUMQTTD.md, defect 11). It gets the longest keep-alive instead:
         // rumqttd then drops the client only after about 27 hours of complete silence.
@@ -486,17 +554,36 @@ impl Edge {
                 () = token.cancelled() => End::Shutdown,
             }
         };
-        // rumqttd publishes the will of an accepted session that ends without a clean
-        // DISCONNECT; keep the retained set in step with that.
-        if let (true, false, Some(will)) = (accepted, clean, &connect.will) {
-            if will.retain && will.payload.is_empty() {
-                self.retained.record(&will.topic, Change::Delete).await;
-            } else if will.retain {
-                let stored = Stored {
-                    qos: will.qos,
-                    packet: retained::publish_packet(&will.topic, &will.payload).into(),
-                };
-                self.retained.record(&will.topic, Change::Set(stored)).await;
+        let token_for_shutdown = token;
+        // An accepted session that ends without a clean DISCONNECT publishes its will: the
+        // client vanished, broke the protocol, or was taken over by a new connection.
+        if let (true, false, Some(will)) = (accepted, clean, connect.will) {
+            let delay = if connect.protocol == Protocol::V5 {
+                will.delay_seconds()
+            } else {
+                0
+            };
+            if delay == 0 {
+                fire_will(&self.retained, &self.client, &will).await;
+                self.metrics.wills.with_label_values(&["published"]).inc();
+            } else {
+                self.metrics.wills.with_label_values(&["delayed"]).inc();
+                let published = self.metrics.wills.with_label_values(&["published"]);
+                let token = CancellationToken::new();
+                self.lock_wills()
+                    .insert(connect.client_id.clone(), token.clone());
+                let (retained, client) = (self.retained.clone(), self.client.clone());
+                let shutdown = token_for_shutdown.clone();
+                self.tracker.spawn(async move {
+                    tokio::select! {
+                        () = token.cancelled() => {}
+                        () = shutdown.cancelled() => {}
+                        () = tokio::time::sleep(Duration::from_secs(u64::from(delay))) => {
+                            fire_will(&retained, &client, &will).await;
+                            published.inc();
+                        }
+                    }
+                });
             }
         }
         end
@@ -549,12 +636,14 @@ impl Edge {
                     None
                 };
                 let v5_packet = v5.as_deref().unwrap_or(packet);
+                let mut alias_only = false;
                 match header.kind() {
                     kind::PUBLISH => {
                         let info = match frame::parse_publish(packet, &header, protocol) {
                             Ok(info) => info,
                             Err(e) => return self.protocol_error(e),
                         };
+                        alias_only = info.topic.is_empty();
                         let recorded = ready == 0 && front_recorded;
                         if !recorded {
                             let v5_header = if v311 {
@@ -576,9 +665,12 @@ impl Edge {
                         }
                         published.inc();
                     }
-                    // rumqttd drops the will on any DISCONNECT, MQTT 5 reason 0x04 ("publish
-                    // the will anyway") included; the retained set mirrors what rumqttd does.
-                    kind::DISCONNECT => *clean = true,
+                    // A DISCONNECT ends the session without its will, unless MQTT 5 reason
+                    // 0x04 asks for the will anyway.
+                    kind::DISCONNECT => {
+                        let reason = packet.get(header.header_len).copied().unwrap_or(0);
+                        *clean = protocol != Protocol::V5 || reason != 0x04;
+                    }
                     kind::CONNECT => {
                         return self.protocol_error(FrameError::Malformed("second CONNECT"))
                     }
@@ -593,6 +685,20 @@ impl Edge {
                         // Told before the SUBSCRIBE goes on, so it is known when the SUBACK
                         // comes back.
                         let _ = notes.send(Note::Subscribe { pkid, filters });
+                    }
+                    kind::UNSUBSCRIBE => {
+                        let filters = frame::parse_header(v5_packet, usize::MAX)
+                            .ok()
+                            .flatten()
+                            .and_then(|h| unsubscribe_filters(v5_packet, &h));
+                        match filters {
+                            Some(filters) => {
+                                let _ = notes.send(Note::Unsubscribe(filters));
+                            }
+                            None => {
+                                return self.protocol_error(FrameError::Malformed("UNSUBSCRIBE"))
+                            }
+                        }
                     }
                     // Acknowledgements of the edge's own deliveries stay at the edge.
                     kind::PUBACK | kind::PUBREC | kind::PUBCOMP => {
@@ -612,8 +718,9 @@ impl Edge {
                 }
                 let start = out.len();
                 out.extend_from_slice(v5_packet);
-                if header.kind() == kind::PUBLISH {
-                    // rumqttd keeps no retained messages: the edge does (retained.rs).
+                if header.kind() == kind::PUBLISH && !alias_only {
+                    // rumqttd keeps no retained messages: the edge does (retained.rs). A topic
+                    // alias the edge cannot name is left to rumqttd, retain flag and all.
                     out[start] &= !0x01;
                 }
                 ready += header.total_len();
@@ -719,7 +826,18 @@ impl Edge {
                             deliveries.granted(&self.retained, pkid, &codes);
                         }
                     }
-                    kind::PUBLISH => delivered.inc(),
+                    kind::PUBLISH => {
+                        delivered.inc();
+                        if complete {
+                            let topic_end = header.header_len + 2;
+                            if let Some(len) = packet.get(header.header_len..topic_end) {
+                                let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+                                if let Some(topic) = packet.get(topic_end..topic_end + len) {
+                                    deliveries.superseded(topic);
+                                }
+                            }
+                        }
+                    }
                     _ => {}
                 }
                 if v311 {
@@ -751,6 +869,11 @@ impl Edge {
             }
             buf.advance(at);
         }
+    }
+
+    fn lock_wills(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+        // A poisoned lock only means a panic mid-insert; the map is still usable.
+        self.delayed_wills.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn reject(&self, reason: &'static str, detail: &str) {

@@ -135,7 +135,7 @@ pub struct Connect {
     pub protocol: Protocol,
     /// The client identifier (may be empty).
     pub client_id: String,
-    /// The will, if the client set one: topic and whether it is retained.
+    /// The will, if the client set one.
     pub will: Option<Will>,
 }
 
@@ -150,6 +150,148 @@ pub struct Will {
     pub qos: u8,
     /// The will's payload (empty deletes a retained message).
     pub payload: Vec<u8>,
+    /// The MQTT 5 will property block, its length field included (`[0]` for 3.1.1).
+    pub properties: Vec<u8>,
+}
+
+impl Will {
+    /// The MQTT 5 Will Delay Interval in seconds (property 0x18), 0 when absent.
+    pub fn delay_seconds(&self) -> u32 {
+        self.property(0x18).map_or(0, |v| {
+            v.get(..4)
+                .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        })
+    }
+
+    /// The will as an MQTT 5 PUBLISH at QoS 0, retain clear, with its properties less the
+    /// will delay (which is no publish property).
+    pub fn to_publish(&self) -> Vec<u8> {
+        let mut props = Vec::new();
+        self.walk_properties(|id, raw| {
+            if id != 0x18 {
+                props.extend_from_slice(raw);
+            }
+        });
+        let mut body = Vec::with_capacity(self.topic.len() + props.len() + self.payload.len() + 8);
+        let topic = &self.topic.as_bytes()[..self.topic.len().min(usize::from(u16::MAX))];
+        body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+        body.extend_from_slice(topic);
+        push_varint(&mut body, props.len());
+        body.extend_from_slice(&props);
+        body.extend_from_slice(&self.payload);
+        packet(0x30, &body)
+    }
+
+    fn property(&self, wanted: u8) -> Option<Vec<u8>> {
+        let mut found = None;
+        self.walk_properties(|id, raw| {
+            if id == wanted && found.is_none() {
+                found = Some(raw[1..].to_vec());
+            }
+        });
+        found
+    }
+
+    /// Calls `f(id, bytes of the property with its id)` for each will property.
+    fn walk_properties(&self, mut f: impl FnMut(u8, &[u8])) {
+        let Some(total) = property_block_len(&self.properties) else {
+            return;
+        };
+        let Some(after_length) = skip_varint(&self.properties) else {
+            return;
+        };
+        let start = self.properties.len() - after_length.len();
+        let Some(block) = self.properties.get(start..total) else {
+            return;
+        };
+        let mut i = 0;
+        while i < block.len() {
+            let id = block[i];
+            let Some(len) = property_value_len(id, &block[i + 1..]) else {
+                return;
+            };
+            let end = (i + 1 + len).min(block.len());
+            f(id, &block[i..end]);
+            i = end;
+        }
+    }
+}
+
+/// The bytes after a variable byte integer at the start of `bytes`.
+fn skip_varint(bytes: &[u8]) -> Option<&[u8]> {
+    let n = bytes.iter().take(4).position(|b| b & 0x80 == 0)? + 1;
+    bytes.get(n..)
+}
+
+/// Appends `value` as an MQTT variable byte integer.
+fn push_varint(out: &mut Vec<u8>, mut value: usize) {
+    loop {
+        let mut b = (value % 128) as u8;
+        value /= 128;
+        if value > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if value == 0 {
+            break;
+        }
+    }
+}
+
+/// The length of a property's value (after its id byte) per MQTT 5 §2.2.2.2.
+fn property_value_len(id: u8, value: &[u8]) -> Option<usize> {
+    let two = |v: &[u8]| -> Option<usize> {
+        Some(usize::from(u16::from_be_bytes([*v.first()?, *v.get(1)?])))
+    };
+    match id {
+        0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2a => Some(1),
+        0x13 | 0x21 | 0x22 | 0x23 => Some(2),
+        0x02 | 0x11 | 0x18 | 0x27 => Some(4),
+        0x0b => Some(value.iter().take(4).position(|b| b & 0x80 == 0)? + 1),
+        0x03 | 0x08 | 0x09 | 0x12 | 0x15 | 0x16 | 0x1a | 0x1c | 0x1f => Some(2 + two(value)?),
+        0x26 => {
+            let k = two(value)?;
+            let v = two(value.get(2 + k..)?)?;
+            Some(4 + k + v)
+        }
+        _ => None,
+    }
+}
+
+/// A CONNECT (MQTT 5 form) without its will: flags cleared, will properties, topic and payload
+/// removed. The edge fires wills itself (edge.rs); rumqttd never sees one.
+pub fn strip_will(connect: &[u8], header: &Header) -> Option<Vec<u8>> {
+    let body = connect.get(header.header_len..header.total_len())?;
+    let flags = *body.get(7)?;
+    if flags & 0x04 == 0 {
+        return Some(connect.to_vec());
+    }
+    // name (6) level (1) flags (1) keep-alive (2), then the CONNECT properties.
+    let props = property_block_len(body.get(10..)?)?;
+    let id_at = 10 + props;
+    let id_len = usize::from(u16::from_be_bytes([
+        *body.get(id_at)?,
+        *body.get(id_at + 1)?,
+    ]));
+    let will_at = id_at + 2 + id_len;
+    let will_props = property_block_len(body.get(will_at..)?)?;
+    let topic_at = will_at + will_props;
+    let topic_len = usize::from(u16::from_be_bytes([
+        *body.get(topic_at)?,
+        *body.get(topic_at + 1)?,
+    ]));
+    let payload_at = topic_at + 2 + topic_len;
+    let payload_len = usize::from(u16::from_be_bytes([
+        *body.get(payload_at)?,
+        *body.get(payload_at + 1)?,
+    ]));
+    let rest_at = payload_at + 2 + payload_len;
+    let mut out = Vec::with_capacity(body.len());
+    out.extend_from_slice(body.get(..7)?);
+    out.push(flags & !(0x04 | 0x18 | 0x20));
+    out.extend_from_slice(body.get(8..will_at)?);
+    out.extend_from_slice(body.get(rest_at..)?);
+    Some(packet(header.byte1, &out))
 }
 
 /// A cursor over a packet body that fails with the packet's name instead of panicking.
@@ -244,9 +386,12 @@ pub fn parse_connect(packet: &[u8], header: &Header) -> Result<Connect, FrameErr
     }
     let client_id = r.string()?;
     let will = if flags & 0x04 != 0 {
-        if protocol == Protocol::V5 {
-            r.skip_properties()?;
-        }
+        let properties = if protocol == Protocol::V5 {
+            let len = property_block_len(r.buf).ok_or(FrameError::Malformed("CONNECT"))?;
+            r.take(len)?.to_vec()
+        } else {
+            vec![0]
+        };
         let topic = r.string()?;
         let payload = r.binary()?;
         Some(Will {
@@ -254,6 +399,7 @@ pub fn parse_connect(packet: &[u8], header: &Header) -> Result<Connect, FrameErr
             retain: flags & 0x20 != 0,
             qos: (flags >> 3) & 0x03,
             payload: payload.to_vec(),
+            properties,
         })
     } else {
         None
@@ -391,6 +537,63 @@ mod tests {
     }
 
     #[test]
+    fn will_properties_delay_and_publish_form() {
+        // Will properties: delay 30 s (0x18), content type "t" (0x03).
+        let will = Will {
+            topic: "dev/x/avail".into(),
+            retain: true,
+            qos: 1,
+            payload: b"offline".to_vec(),
+            properties: vec![9, 0x18, 0, 0, 0, 30, 0x03, 0, 1, b't'],
+        };
+        assert_eq!(will.delay_seconds(), 30);
+        let p = will.to_publish();
+        let h = header(&p);
+        let info = parse_publish(&p, &h, Protocol::V5).unwrap();
+        assert_eq!(info.topic, "dev/x/avail");
+        assert!(!info.retain);
+        // The delay is gone, the content type kept: property block [4, 0x03, 0, 1, 't'].
+        let body = &p[h.header_len..];
+        assert_eq!(&body[2 + 11..2 + 11 + 5], &[4, 0x03, 0, 1, b't']);
+        assert!(body.ends_with(b"offline"));
+        let plain = Will {
+            properties: vec![0],
+            ..will
+        };
+        assert_eq!(plain.delay_seconds(), 0);
+    }
+
+    #[test]
+    fn strip_will_keeps_the_rest_of_connect() {
+        // MQTT 5 CONNECT, will flag + will retain + will QoS 1, user name flag.
+        let mut body = vec![
+            0,
+            4,
+            b'M',
+            b'Q',
+            b'T',
+            b'T',
+            5,
+            0x02 | 0x04 | 0x08 | 0x20 | 0x80,
+            0,
+            60,
+            0,
+        ];
+        body.extend_from_slice(&[0, 2, b'c', b'1']);
+        body.extend_from_slice(&[0]); // will properties
+        body.extend_from_slice(&[0, 1, b'w', 0, 3, b'b', b'y', b'e']);
+        body.extend_from_slice(&[0, 2, b'u', b'1']);
+        let p = packet(0x10, &body);
+        let stripped = strip_will(&p, &header(&p)).unwrap();
+        let c = parse_connect(&stripped, &header(&stripped)).unwrap();
+        assert_eq!(c.client_id, "c1");
+        assert_eq!(c.will, None);
+        let sb = &stripped[header(&stripped).header_len..];
+        assert_eq!(sb[7], 0x02 | 0x80);
+        assert!(sb.ends_with(&[0, 2, b'u', b'1']));
+    }
+
+    #[test]
     fn packet_lengths() {
         assert_eq!(packet(0x30, &[0; 3])[..2], [0x30, 3]);
         assert_eq!(packet(0x30, &[0; 321])[..3], [0x30, 0xc1, 0x02]);
@@ -444,7 +647,8 @@ mod tests {
                 topic: "home/s1/status".into(),
                 retain: true,
                 qos: 0,
-                payload: b"offline".to_vec()
+                payload: b"offline".to_vec(),
+                properties: vec![0],
             })
         );
     }

@@ -95,6 +95,9 @@ impl Broker {
             upstream: embedded.v5,
             metrics: metrics.clone(),
             retained: retained.clone(),
+            client: client.clone(),
+            delayed_wills: std::sync::Mutex::default(),
+            tracker: tracker.clone(),
         });
         tracker.spawn(edge::run(edge, listener, token, tracker.clone()));
         Ok(Broker {

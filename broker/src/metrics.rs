@@ -26,6 +26,9 @@ pub struct BrokerMetrics {
     pub retained: IntGauge,
     /// Retained changes that could not be written to disk.
     pub retained_persist_errors: IntCounter,
+    /// Wills, by outcome: `published`, `delayed` (waiting out an MQTT 5 Will Delay),
+    /// `cancelled` (the client came back within the delay).
+    pub wills: IntCounterVec,
 }
 
 impl BrokerMetrics {
@@ -80,6 +83,13 @@ impl BrokerMetrics {
                 "roost_mqtt_retained_messages",
                 "Retained messages held by the broker",
             )?,
+            wills: IntCounterVec::new(
+                Opts::new(
+                    "roost_mqtt_wills_total",
+                    "Wills handled by the edge, by outcome",
+                ),
+                &["outcome"],
+            )?,
             retained_persist_errors: IntCounter::new(
                 "roost_mqtt_retained_persist_errors_total",
                 "Retained messages that could not be written to disk",
@@ -95,7 +105,11 @@ impl BrokerMetrics {
         registry.register(Box::new(m.bytes_sent.clone()))?;
         registry.register(Box::new(m.retained.clone()))?;
         registry.register(Box::new(m.retained_persist_errors.clone()))?;
+        registry.register(Box::new(m.wills.clone()))?;
         // Touch the label values so every series is exported from the start, at zero.
+        for outcome in ["published", "delayed", "cancelled"] {
+            m.wills.with_label_values(&[outcome]);
+        }
         for source in ["network", "local"] {
             m.messages_received.with_label_values(&[source]);
             m.messages_sent.with_label_values(&[source]);

@@ -41,6 +41,14 @@ pub(crate) struct Stored {
 }
 
 impl Stored {
+    /// The message's topic.
+    pub(crate) fn topic(&self) -> Option<&[u8]> {
+        let header = crate::frame::parse_header(&self.packet, usize::MAX).ok()??;
+        let body = self.packet.get(header.header_len..)?;
+        let len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
+        body.get(2..2 + len)
+    }
+
     /// The message's payload, behind its topic and properties.
     pub(crate) fn payload(&self) -> Option<&[u8]> {
         let header = crate::frame::parse_header(&self.packet, usize::MAX).ok()??;
@@ -387,7 +395,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (g, e) = metrics();
         let (retained, _) = Retained::open(dir.path(), g, e).unwrap();
-        for topic in ["home/a", "home/b/c", "homey", "$SYS/x", "other"] {
+        for topic in ["home", "home/a", "home/b/c", "homey", "$SYS/x", "other"] {
             retained.record(topic, set(topic, b"v")).await;
         }
         let topics = |filter: &str| -> Vec<String> {
@@ -397,9 +405,12 @@ mod tests {
                 .map(|(t, _)| t)
                 .collect()
         };
-        assert_eq!(topics("home/#"), ["home/a", "home/b/c"]);
+        assert_eq!(topics("home/#"), ["home", "home/a", "home/b/c"]);
         assert_eq!(topics("home/+"), ["home/a"]);
-        assert_eq!(topics("#"), ["home/a", "home/b/c", "homey", "other"]);
+        assert_eq!(
+            topics("#"),
+            ["home", "home/a", "home/b/c", "homey", "other"]
+        );
         assert_eq!(topics("$SYS/#"), ["$SYS/x"]);
         assert_eq!(topics("homey"), ["homey"]);
         assert!(topics("$share/g/home/#").is_empty());

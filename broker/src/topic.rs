@@ -27,7 +27,8 @@ pub(crate) fn matches(filter: &str, topic: &str) -> bool {
     topic_levels.next().is_none()
 }
 
-/// The part of `filter` before its first wildcard level: every matching topic starts with it.
+/// The part of `filter` before its first wildcard level, without the separator before it:
+/// every matching topic starts with it (`home/#` matches `home` itself).
 pub(crate) fn literal_prefix(filter: &str) -> &str {
     let mut end = 0;
     for level in filter.split('/') {
@@ -36,7 +37,7 @@ pub(crate) fn literal_prefix(filter: &str) -> &str {
         }
         end += level.len() + 1;
     }
-    &filter[..end.min(filter.len())]
+    &filter[..end.saturating_sub(1).min(filter.len())]
 }
 
 /// Whether `filter` is a shared subscription (`$share/<group>/<filter>`), which gets no
@@ -83,10 +84,11 @@ mod tests {
 
     #[test]
     fn prefixes() {
-        assert_eq!(literal_prefix("a/b/+/c"), "a/b/");
+        assert_eq!(literal_prefix("a/b/+/c"), "a/b");
         assert_eq!(literal_prefix("#"), "");
         assert_eq!(literal_prefix("a/b"), "a/b");
-        assert_eq!(literal_prefix("home/#"), "home/");
+        assert_eq!(literal_prefix("home/#"), "home");
+        assert_eq!(literal_prefix("/+"), "");
         assert!(is_shared("$share/g/a/#"));
         assert!(!is_shared("share/g"));
     }

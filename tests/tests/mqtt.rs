@@ -220,3 +220,80 @@ fn reserved_client_ids_are_refused() {
         2.0
     );
 }
+
+/// rumqttd lets the old connection of a client id consume the new connection's will, so the
+/// next real drop publishes nothing (RUMQTTD.md, defect 6). The edge fires wills itself: the
+/// old connection's will at takeover, the new one's when it dies.
+#[test]
+fn will_fires_after_a_client_id_takeover() {
+    let node = Node::builder("mqtt-takeover").start();
+    let mut watcher = MosquittoSub::start(&node, &["-t", "test/esp/#", "-q", "1"]);
+    let will = |payload: &'static str| {
+        [
+            "-i",
+            "esp-porch",
+            "-t",
+            "test/esp/porch/cmd",
+            "--will-topic",
+            "test/esp/porch/availability",
+            "--will-payload",
+            payload,
+            "--will-qos",
+            "1",
+        ]
+    };
+    let _first = MosquittoSub::start(&node, &will("offline-1"));
+    // The same client id again, as an ESP board does after a Wi-Fi blip.
+    let mut second = MosquittoSub::start(&node, &will("offline-2"));
+    watcher.expect_message("test/esp/porch/availability", "offline-1");
+    second.kill();
+    watcher.expect_message("test/esp/porch/availability", "offline-2");
+}
+
+/// An MQTT 5 will with a Will Delay Interval waits, and is not published when the client
+/// comes back within the delay; a will with a short delay is published once it has passed.
+#[test]
+fn delayed_will_waits_and_a_reconnect_cancels_it() {
+    let node = Node::builder("mqtt-will-delay").start();
+    let mut watcher = MosquittoSub::start(&node, &["-t", "test/delay/#", "-q", "1"]);
+    let args = |id: &'static str, payload: &'static str, delay: &'static str| {
+        [
+            "-V",
+            "mqttv5",
+            "-i",
+            id,
+            "-t",
+            "test/delay/cmd",
+            "--will-topic",
+            "test/delay/availability",
+            "--will-payload",
+            payload,
+            "-D",
+            "will",
+            "will-delay-interval",
+            delay,
+        ]
+    };
+    let wills =
+        |outcome: &str| node.metric(&format!("roost_mqtt_wills_total{{outcome=\"{outcome}\"}}"));
+    let mut sleepy = MosquittoSub::start(&node, &args("sleepy", "late", "3600"));
+    sleepy.kill();
+    // The edge sees the connection end, then counts the will as delayed.
+    let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
+    while wills("delayed") < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the will was never delayed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Back within the hour: the pending will is cancelled at CONNECT.
+    let _back = MosquittoSub::start(&node, &args("sleepy", "unused", "0"));
+    assert_eq!(wills("cancelled"), 1.0);
+    // A one-second delay runs out and the will is published.
+    let mut brief = MosquittoSub::start(&node, &args("brief", "gone", "1"));
+    brief.kill();
+    let line = watcher.wait_for(|l| l.starts_with("test/delay/availability"), "a will");
+    assert_eq!(line, "test/delay/availability gone");
+    assert_eq!(wills("published"), 1.0);
+}
