@@ -83,6 +83,8 @@ enum End {
     Shutdown,
     /// The client broke the protocol.
     Protocol(FrameError),
+    /// The client stopped reading: a write waited longer than `send_timeout`.
+    SlowConsumer,
     /// rumqttd sent something the edge cannot frame or translate (a bug on our side of the
     /// edge, not the client's fault).
     Upstream(FrameError),
@@ -861,8 +863,15 @@ impl Edge {
                 out.append(&mut deliveries.outbox);
             }
             if !out.is_empty() {
-                if let Err(e) = tx.write_all(&out).await {
-                    return End::Io(e);
+                // A client that stops reading would hold this write, its slot and rumqttd's
+                // backlog for it forever; past `send_timeout` it is disconnected instead.
+                match tokio::time::timeout(self.settings.send_timeout, tx.write_all(&out)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return End::Io(e),
+                    Err(_) => {
+                        self.reject("slow_consumer", "the client did not read in time");
+                        return End::SlowConsumer;
+                    }
                 }
                 self.metrics.bytes_sent.inc_by(out.len() as u64);
                 out.clear();
@@ -877,7 +886,11 @@ impl Edge {
     }
 
     fn reject(&self, reason: &'static str, detail: &str) {
-        tracing::warn!(reason, detail, "MQTT connection refused");
+        tracing::warn!(
+            reason,
+            detail,
+            "MQTT connection refused or closed by the edge"
+        );
         self.metrics
             .connections_rejected
             .with_label_values(&[reason])

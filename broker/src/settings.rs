@@ -16,6 +16,9 @@ pub struct BrokerSettings {
     pub max_packet_size: usize,
     /// How long a new connection has to send its CONNECT packet.
     pub connect_timeout: Duration,
+    /// How long a write to a client may wait (the client not reading) before the edge
+    /// disconnects it as a slow consumer.
+    pub send_timeout: Duration,
     /// Where the broker keeps its durable state (the retained set, `retained.redb`).
     pub data_dir: PathBuf,
 }

@@ -73,6 +73,7 @@ async fn run_node(settings: Settings) -> anyhow::Result<()> {
             max_connections: settings.mqtt.max_connections,
             max_packet_size: settings.mqtt.max_packet_size,
             connect_timeout: settings.mqtt.connect_timeout,
+            send_timeout: settings.mqtt.send_timeout,
             data_dir: settings.node.data_dir.clone(),
         },
         &registry,

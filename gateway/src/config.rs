@@ -23,6 +23,7 @@ const DEFAULT_TOPIC_PREFIX: &str = "roost";
 const DEFAULT_MAX_CONNECTIONS: usize = 1000;
 const DEFAULT_MAX_PACKET_SIZE: usize = 1024 * 1024;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_HTTP_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
 const DEFAULT_CLUSTER_NAME: &str = "home";
 const DEFAULT_LOG_LEVEL: &str = "info";
@@ -263,6 +264,9 @@ pub struct MqttSettings {
     /// `mqtt.connect_timeout`: how long a new connection has to send CONNECT. Default 10 s;
     /// never zero.
     pub connect_timeout: Duration,
+    /// `mqtt.send_timeout`: how long a client may leave data unread (a slow or stuck client)
+    /// before the edge disconnects it. Default 30 s; never zero.
+    pub send_timeout: Duration,
 }
 
 impl Default for MqttSettings {
@@ -273,6 +277,7 @@ impl Default for MqttSettings {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            send_timeout: DEFAULT_SEND_TIMEOUT,
         }
     }
 }
@@ -482,6 +487,7 @@ struct MqttConfig {
     max_connections: Option<Spanned<i64>>,
     max_packet_size: Option<Spanned<i64>>,
     connect_timeout: Option<Spanned<String>>,
+    send_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -620,6 +626,35 @@ impl<'a> Validator<'a> {
     }
 
     /// A string checked by `check`, which returns what is wrong.
+    /// A duration key (`"500ms"`, `"10s"`): reported when it does not parse or is zero.
+    fn positive_duration(
+        &mut self,
+        key: &str,
+        raw: Option<Spanned<String>>,
+        default: Duration,
+    ) -> Duration {
+        let Some(raw) = raw else {
+            return default;
+        };
+        match parse_duration(raw.get_ref()) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.error(
+                    Some(raw.span()),
+                    format!("{key} {:?} must be greater than zero", raw.get_ref()),
+                );
+                default
+            }
+            Err(why) => {
+                self.error(
+                    Some(raw.span()),
+                    format!("{key} {:?} is not a valid duration: {why}", raw.get_ref()),
+                );
+                default
+            }
+        }
+    }
+
     fn checked_string(
         &mut self,
         key: &str,
@@ -753,32 +788,13 @@ fn listeners_clash(a: SocketAddr, b: SocketAddr) -> bool {
 
 impl MqttConfig {
     fn validate(self, v: &mut Validator<'_>) -> MqttSettings {
-        let connect_timeout = match self.connect_timeout {
-            None => DEFAULT_CONNECT_TIMEOUT,
-            Some(raw) => match parse_duration(raw.get_ref()) {
-                Ok(d) if d.is_zero() => {
-                    v.error(
-                        Some(raw.span()),
-                        format!(
-                            "mqtt.connect_timeout {:?} must be greater than zero",
-                            raw.get_ref()
-                        ),
-                    );
-                    DEFAULT_CONNECT_TIMEOUT
-                }
-                Ok(d) => d,
-                Err(why) => {
-                    v.error(
-                        Some(raw.span()),
-                        format!(
-                            "mqtt.connect_timeout {:?} is not a valid duration: {why}",
-                            raw.get_ref()
-                        ),
-                    );
-                    DEFAULT_CONNECT_TIMEOUT
-                }
-            },
-        };
+        let connect_timeout = v.positive_duration(
+            "mqtt.connect_timeout",
+            self.connect_timeout,
+            DEFAULT_CONNECT_TIMEOUT,
+        );
+        let send_timeout =
+            v.positive_duration("mqtt.send_timeout", self.send_timeout, DEFAULT_SEND_TIMEOUT);
         MqttSettings {
             listen: v.socket_addr("mqtt.listen", self.listen, DEFAULT_MQTT_LISTEN),
             topic_prefix: v.checked_string(
@@ -800,6 +816,7 @@ impl MqttConfig {
                 DEFAULT_MAX_PACKET_SIZE,
             ),
             connect_timeout,
+            send_timeout,
         }
     }
 }
@@ -977,6 +994,7 @@ topic_prefix = "lab/roost"
 max_connections = 50
 max_packet_size = 4096
 connect_timeout = "500ms"
+send_timeout = "5s"
 
 [http]
 listen = "[::1]:8081"
@@ -1008,6 +1026,7 @@ enabled = true
                 max_connections: 50,
                 max_packet_size: 4096,
                 connect_timeout: Duration::from_millis(500),
+                send_timeout: Duration::from_secs(5),
             },
             http: HttpSettings {
                 listen: "[::1]:8081".parse().expect("addr"),

@@ -204,3 +204,47 @@ fn keep_alive_zero_is_accepted() {
     assert_eq!(head[0], 0x20, "a CONNACK");
     assert_eq!(head[3], 0x00, "reason code success");
 }
+
+/// A client that subscribes and then never reads is disconnected once a write to it waited
+/// `send_timeout`, with a metric, and everyone else carries on. Large messages fill the socket
+/// buffers quickly (rumqttd gives up on a lagging link of small messages before that).
+#[test]
+fn a_client_that_never_reads_is_cut_off_alone() {
+    let node = Node::builder("slow-consumer")
+        .config("[mqtt]\nlisten = \"127.0.0.1:0\"\nsend_timeout = \"1s\"")
+        .start();
+    // The stuck client: CONNECT, SUBSCRIBE test/big/# at QoS 0, read the acks, then nothing.
+    let mut stuck = TcpStream::connect(node.mqtt).unwrap();
+    stuck.write_all(&connect_packet("stuck")).unwrap();
+    let filter = b"test/big/#";
+    let mut subscribe = vec![0x82, 0, 0, 1, 0, filter.len() as u8];
+    subscribe.extend_from_slice(filter);
+    subscribe.push(0);
+    subscribe[1] = (subscribe.len() - 2) as u8;
+    stuck.write_all(&subscribe).unwrap();
+    stuck
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut acks = [0u8; 9];
+    stuck.read_exact(&mut acks).unwrap();
+    assert_eq!((acks[0], acks[4]), (0x20, 0x90), "CONNACK then SUBACK");
+
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, vec![b'x'; 900_000]).unwrap();
+    let slow = "roost_mqtt_connections_rejected_total{reason=\"slow_consumer\"}";
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    // Publish until the edge gives up on the stuck client (a few megabytes fill its buffers).
+    while node.metric(slow) < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stuck client was never cut off"
+        );
+        mosquitto_pub(
+            &node,
+            &["-t", "test/big/x", "-q", "1", "-f", big.to_str().unwrap()],
+        );
+    }
+    assert_eq!(node.metric(slow), 1.0);
+    assert_serving(&node);
+}
