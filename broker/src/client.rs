@@ -155,13 +155,7 @@ impl BrokerClient {
         let mut buf = bytes::BytesMut::from(packet);
         let publish = match rumqttd::protocol::v5::V5.read_mut(&mut buf, usize::MAX) {
             Ok(publish @ Packet::Publish(..)) => publish,
-            _ => {
-                return Err(Error::InvalidTopic {
-                    what: "packet",
-                    value: String::new(),
-                    reason: "not a decodable MQTT 5 PUBLISH",
-                })
-            }
+            _ => return Err(Error::BadPacket("PUBLISH")),
         };
         self.route(publish).await
     }

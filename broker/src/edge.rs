@@ -65,9 +65,8 @@ pub(crate) struct Edge {
     pub retained: Retained,
     /// Publishes the wills the edge fires.
     pub client: BrokerClient,
-    /// MQTT 5 wills waiting out their Will Delay Interval, by client id; a new connection
-    /// with the same id cancels its pending will.
-    pub delayed_wills: std::sync::Mutex<HashMap<String, CancellationToken>>,
+    /// The latest connection of each client id and the wills waiting out their delay.
+    pub sessions: Arc<std::sync::Mutex<Sessions>>,
     /// Runs delayed wills, so shutdown waits for none of them.
     pub tracker: TaskTracker,
 }
@@ -92,8 +91,104 @@ enum End {
     Io(std::io::Error),
 }
 
+/// Per client id: the latest connection, and a will waiting out its MQTT 5 Will Delay.
+#[derive(Default)]
+pub(crate) struct Sessions {
+    /// Numbers connections, so a connection can tell whether it was taken over.
+    next_generation: u64,
+    /// client id → (generation, Clean Start) of its latest connection.
+    latest: HashMap<String, (u64, bool)>,
+    /// client id → its pending delayed will.
+    pending: HashMap<String, PendingWill>,
+}
+
+/// A will waiting out its delay.
+struct PendingWill {
+    /// The connection that left it.
+    generation: u64,
+    /// The session resumed (Clean Start 0): the will is not sent.
+    cancel: CancellationToken,
+    /// The session ended (Clean Start 1 reconnect): the will is sent now.
+    fire_now: CancellationToken,
+}
+
+/// What becomes of a will whose session ended with a delay still to run.
+enum WillFate {
+    /// A newer connection already took the session over: resumed, so no will.
+    Cancelled,
+    /// A newer connection started afresh: the old session is over, send the will now.
+    Now,
+    /// Nobody took over: wait out the delay.
+    Wait(CancellationToken, CancellationToken),
+}
+
+impl Sessions {
+    /// Registers a new connection; settles the pending will of its client id, if any.
+    /// Returns the connection's generation and whether a pending will was cancelled.
+    fn connected(&mut self, client_id: &str, clean_start: bool) -> (u64, bool) {
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        if client_id.is_empty() {
+            return (generation, false);
+        }
+        self.latest
+            .insert(client_id.to_owned(), (generation, clean_start));
+        let mut cancelled = false;
+        if let Some(pending) = self.pending.remove(client_id) {
+            if clean_start {
+                pending.fire_now.cancel();
+            } else {
+                pending.cancel.cancel();
+                cancelled = true;
+            }
+        }
+        (generation, cancelled)
+    }
+
+    /// A connection ended and leaves a will with a delay: what happens to it.
+    fn will_fate(&mut self, client_id: &str, generation: u64) -> WillFate {
+        match self.latest.get(client_id) {
+            Some(&(latest, clean_start)) if latest != generation && !client_id.is_empty() => {
+                if clean_start {
+                    WillFate::Now
+                } else {
+                    WillFate::Cancelled
+                }
+            }
+            _ => {
+                let (cancel, fire_now) = (CancellationToken::new(), CancellationToken::new());
+                if !client_id.is_empty() {
+                    let pending = PendingWill {
+                        generation,
+                        cancel: cancel.clone(),
+                        fire_now: fire_now.clone(),
+                    };
+                    if let Some(old) = self.pending.insert(client_id.to_owned(), pending) {
+                        old.cancel.cancel();
+                    }
+                }
+                WillFate::Wait(cancel, fire_now)
+            }
+        }
+    }
+
+    /// A connection ended: forget it unless a newer one holds the client id.
+    fn disconnected(&mut self, client_id: &str, generation: u64) {
+        if self.latest.get(client_id).map(|l| l.0) == Some(generation) {
+            self.latest.remove(client_id);
+        }
+    }
+
+    /// A delayed will is done (sent or dropped): forget it if it is still this one.
+    fn settled(&mut self, client_id: &str, generation: u64) {
+        if self.pending.get(client_id).map(|p| p.generation) == Some(generation) {
+            self.pending.remove(client_id);
+        }
+    }
+}
+
 /// Publishes a will: into the retained set first when it is retained, then to subscribers.
-async fn fire_will(retained: &Retained, client: &BrokerClient, will: &frame::Will) {
+async fn fire_will(retained: &Retained, client: &BrokerClient, will: &frame::Will) -> bool {
     let publish = will.to_publish();
     if will.retain && will.payload.is_empty() {
         retained.record(&will.topic, Change::Delete).await;
@@ -107,8 +202,12 @@ async fn fire_will(retained: &Retained, client: &BrokerClient, will: &frame::Wil
         };
         retained.record(&will.topic, Change::Set(stored)).await;
     }
-    if let Err(e) = client.publish_v5(&publish).await {
-        tracing::warn!(topic = %will.topic, error = %e, "could not publish a will");
+    match client.publish_v5(&publish).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(topic = %will.topic, error = %e, "could not publish a will");
+            false
+        }
     }
 }
 
@@ -451,6 +550,12 @@ impl Edge {
             }
         };
         let connect = frame::parse_connect(buf, &header).map_err(|e| self.protocol_error(e))?;
+        if let Some(will) = &connect.will {
+            // A will is published like any message: its topic must be a valid topic name.
+            if crate::client::validate_topic(&will.topic).is_err() {
+                return Err(self.protocol_error(FrameError::Malformed("will topic")));
+            }
+        }
         let refusal = match connect.protocol {
             Protocol::V31 | Protocol::Other(_) => {
                 Some((1, "unsupported_protocol", "MQTT 3.1.1 and 5 only"))
@@ -510,9 +615,13 @@ impl Edge {
             Some(stripped) => stripped,
             None => return self.protocol_error(FrameError::Malformed("CONNECT")),
         };
-        // A new connection for this client id ends the wait of a delayed will (MQTT 5 §3.1.3.2.2).
-        if let Some(pending) = self.lock_wills().remove(&connect.client_id) {
-            pending.cancel();
+        // A new connection for this client id settles a will waiting out its delay: a resumed
+        // session (Clean Start 0) cancels it, a fresh one ends the old session and sends it
+        // (MQTT 5 §3.1.2.5).
+        let (generation, cancelled) = self
+            .lock_sessions()
+            .connected(&connect.client_id, connect.clean_start);
+        if cancelled {
             self.metrics.wills.with_label_values(&["cancelled"]).inc();
         }
         // The connect flags sit after the protocol name and level.
@@ -556,39 +665,76 @@ impl Edge {
                 () = token.cancelled() => End::Shutdown,
             }
         };
-        let token_for_shutdown = token;
         // An accepted session that ends without a clean DISCONNECT publishes its will: the
         // client vanished, broke the protocol, or was taken over by a new connection.
         if let (true, false, Some(will)) = (accepted, clean, connect.will) {
-            let delay = if connect.protocol == Protocol::V5 {
-                will.delay_seconds()
-            } else {
-                0
-            };
-            if delay == 0 {
-                fire_will(&self.retained, &self.client, &will).await;
-                self.metrics.wills.with_label_values(&["published"]).inc();
-            } else {
-                self.metrics.wills.with_label_values(&["delayed"]).inc();
-                let published = self.metrics.wills.with_label_values(&["published"]);
-                let token = CancellationToken::new();
-                self.lock_wills()
-                    .insert(connect.client_id.clone(), token.clone());
-                let (retained, client) = (self.retained.clone(), self.client.clone());
-                let shutdown = token_for_shutdown.clone();
-                self.tracker.spawn(async move {
-                    tokio::select! {
-                        () = token.cancelled() => {}
-                        () = shutdown.cancelled() => {}
-                        () = tokio::time::sleep(Duration::from_secs(u64::from(delay))) => {
-                            fire_will(&retained, &client, &will).await;
-                            published.inc();
-                        }
-                    }
-                });
-            }
+            self.will(
+                &connect.client_id,
+                generation,
+                connect.protocol,
+                will,
+                token,
+            )
+            .await;
         }
+        self.lock_sessions()
+            .disconnected(&connect.client_id, generation);
         end
+    }
+
+    /// Sends, delays or drops the will of a session that ended without a clean DISCONNECT.
+    async fn will(
+        &self,
+        client_id: &str,
+        generation: u64,
+        protocol: Protocol,
+        will: frame::Will,
+        shutdown: &CancellationToken,
+    ) {
+        let wills = &self.metrics.wills;
+        let delay = match protocol {
+            Protocol::V5 => will.delay_seconds(),
+            _ => 0,
+        };
+        let fate = if delay == 0 {
+            WillFate::Now
+        } else {
+            self.lock_sessions().will_fate(client_id, generation)
+        };
+        let (cancel, fire_now) = match fate {
+            WillFate::Cancelled => {
+                wills.with_label_values(&["cancelled"]).inc();
+                return;
+            }
+            WillFate::Now => {
+                if fire_will(&self.retained, &self.client, &will).await {
+                    wills.with_label_values(&["published"]).inc();
+                }
+                return;
+            }
+            WillFate::Wait(cancel, fire_now) => (cancel, fire_now),
+        };
+        wills.with_label_values(&["delayed"]).inc();
+        let published = wills.with_label_values(&["published"]);
+        let (retained, client) = (self.retained.clone(), self.client.clone());
+        let (shutdown, sessions) = (shutdown.clone(), self.sessions.clone());
+        let client_id = client_id.to_owned();
+        self.tracker.spawn(async move {
+            let send = tokio::select! {
+                () = cancel.cancelled() => false,
+                () = shutdown.cancelled() => false,
+                () = fire_now.cancelled() => true,
+                () = tokio::time::sleep(Duration::from_secs(u64::from(delay))) => true,
+            };
+            if send && fire_will(&retained, &client, &will).await {
+                published.inc();
+            }
+            // A poisoned lock only means a panic mid-update; the maps are still usable.
+            sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .settled(&client_id, generation);
+        });
     }
 
     /// Client to broker: frames every packet, enforces the size limit, watches publishes,
@@ -880,9 +1026,9 @@ impl Edge {
         }
     }
 
-    fn lock_wills(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
-        // A poisoned lock only means a panic mid-insert; the map is still usable.
-        self.delayed_wills.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock_sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
+        // A poisoned lock only means a panic mid-update; the maps are still usable.
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn reject(&self, reason: &'static str, detail: &str) {
@@ -910,5 +1056,71 @@ impl Edge {
             .with_label_values(&[reason])
             .inc();
         End::Protocol(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waits(fate: WillFate) -> bool {
+        matches!(fate, WillFate::Wait(..))
+    }
+
+    #[test]
+    fn a_resumed_session_cancels_a_pending_will() {
+        let mut s = Sessions::default();
+        let (g1, _) = s.connected("esp", true);
+        let WillFate::Wait(cancel, fire_now) = s.will_fate("esp", g1) else {
+            panic!("the will should wait");
+        };
+        s.disconnected("esp", g1);
+        let (_, cancelled) = s.connected("esp", false);
+        assert!(cancelled && cancel.is_cancelled() && !fire_now.is_cancelled());
+    }
+
+    #[test]
+    fn a_fresh_session_sends_a_pending_will_now() {
+        let mut s = Sessions::default();
+        let (g1, _) = s.connected("esp", true);
+        let WillFate::Wait(cancel, fire_now) = s.will_fate("esp", g1) else {
+            panic!("the will should wait");
+        };
+        let (_, cancelled) = s.connected("esp", true);
+        assert!(!cancelled && fire_now.is_cancelled() && !cancel.is_cancelled());
+    }
+
+    #[test]
+    fn takeover_settles_the_old_will_by_the_new_clean_start() {
+        let mut s = Sessions::default();
+        let (g1, _) = s.connected("esp", true);
+        s.connected("esp", false);
+        assert!(matches!(s.will_fate("esp", g1), WillFate::Cancelled));
+        let (g3, _) = s.connected("tas", true);
+        s.connected("tas", true);
+        assert!(matches!(s.will_fate("tas", g3), WillFate::Now));
+    }
+
+    #[test]
+    fn empty_client_ids_never_share_a_will() {
+        let mut s = Sessions::default();
+        let (g1, _) = s.connected("", true);
+        assert!(waits(s.will_fate("", g1)));
+        let (_, cancelled) = s.connected("", false);
+        assert!(!cancelled);
+        assert!(s.pending.is_empty() && s.latest.is_empty());
+    }
+
+    #[test]
+    fn settled_and_disconnected_forget_only_their_own() {
+        let mut s = Sessions::default();
+        let (g1, _) = s.connected("esp", true);
+        assert!(waits(s.will_fate("esp", g1)));
+        s.disconnected("esp", g1);
+        s.settled("esp", g1);
+        assert!(s.pending.is_empty() && s.latest.is_empty());
+        let (g2, _) = s.connected("esp", true);
+        s.disconnected("esp", g1);
+        assert_eq!(s.latest.get("esp").map(|l| l.0), Some(g2));
     }
 }

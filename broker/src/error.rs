@@ -51,6 +51,9 @@ pub enum Error {
         /// Which rule it breaks.
         reason: &'static str,
     },
+    /// A packet handed to the in-process client does not decode as what it must be.
+    #[error("not a decodable MQTT 5 {0}")]
+    BadPacket(&'static str),
     /// The broker has shut down; the in-process client can no longer be used.
     #[error("the broker has shut down")]
     Closed,

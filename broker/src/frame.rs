@@ -1,7 +1,8 @@
 //! MQTT wire framing as the edge needs it: split a byte stream into packets (fixed header and
-//! remaining length), and read the few fields the edge acts on (CONNECT's protocol level,
-//! client id and will; PUBLISH's retain flag, topic and payload size). It never rewrites a
-//! packet; full decoding stays with rumqttd's codecs behind the edge.
+//! remaining length), read the few fields the edge acts on (CONNECT's protocol level, client
+//! id, clean start and will; PUBLISH's retain flag, topic and payload size), and the one
+//! rewrite the edge makes itself (a CONNECT without its will). Full decoding stays with
+//! rumqttd's codecs behind the edge.
 
 /// MQTT control packet types the edge looks at (the high nibble of the first byte).
 pub mod kind {
@@ -135,6 +136,8 @@ pub struct Connect {
     pub protocol: Protocol,
     /// The client identifier (may be empty).
     pub client_id: String,
+    /// Clean Start (MQTT 5) or Clean Session (3.1.1): the client wants a new session.
+    pub clean_start: bool,
     /// The will, if the client set one.
     pub will: Option<Will>,
 }
@@ -376,6 +379,7 @@ pub fn parse_connect(packet: &[u8], header: &Header) -> Result<Connect, FrameErr
         return Ok(Connect {
             protocol,
             client_id: String::new(),
+            clean_start: true,
             will: None,
         });
     }
@@ -407,6 +411,7 @@ pub fn parse_connect(packet: &[u8], header: &Header) -> Result<Connect, FrameErr
     Ok(Connect {
         protocol,
         client_id,
+        clean_start: flags & 0x02 != 0,
         will,
     })
 }

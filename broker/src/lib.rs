@@ -96,7 +96,7 @@ impl Broker {
             metrics: metrics.clone(),
             retained: retained.clone(),
             client: client.clone(),
-            delayed_wills: std::sync::Mutex::default(),
+            sessions: Arc::default(),
             tracker: tracker.clone(),
         });
         tracker.spawn(edge::run(edge, listener, token, tracker.clone()));

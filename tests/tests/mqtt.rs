@@ -250,14 +250,15 @@ fn will_fires_after_a_client_id_takeover() {
     watcher.expect_message("test/esp/porch/availability", "offline-2");
 }
 
-/// An MQTT 5 will with a Will Delay Interval waits, and is not published when the client
-/// comes back within the delay; a will with a short delay is published once it has passed.
+/// An MQTT 5 will with a Will Delay Interval waits. A reconnect that resumes the session
+/// (Clean Start 0) cancels it; a reconnect that starts afresh (Clean Start 1) ends the old
+/// session, so its will goes at once; a short delay that runs out sends it (MQTT 5 §3.1.2.5).
 #[test]
-fn delayed_will_waits_and_a_reconnect_cancels_it() {
+fn delayed_wills_follow_the_session() {
     let node = Node::builder("mqtt-will-delay").start();
     let mut watcher = MosquittoSub::start(&node, &["-t", "test/delay/#", "-q", "1"]);
-    let args = |id: &'static str, payload: &'static str, delay: &'static str| {
-        [
+    let client = |id: &'static str, payload: &'static str, delay: &'static str, resume: bool| {
+        let mut args = vec![
             "-V",
             "mqttv5",
             "-i",
@@ -272,28 +273,38 @@ fn delayed_will_waits_and_a_reconnect_cancels_it() {
             "will",
             "will-delay-interval",
             delay,
-        ]
+        ];
+        if resume {
+            // Clean Start 0, and a session that outlives the connection.
+            args.extend(["-c", "-x", "3600"]);
+        }
+        MosquittoSub::start(&node, &args)
     };
     let wills =
         |outcome: &str| node.metric(&format!("roost_mqtt_wills_total{{outcome=\"{outcome}\"}}"));
-    let mut sleepy = MosquittoSub::start(&node, &args("sleepy", "late", "3600"));
-    sleepy.kill();
-    // The edge sees the connection end, then counts the will as delayed.
-    let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
-    while wills("delayed") < 1.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the will was never delayed"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    // Back within the hour: the pending will is cancelled at CONNECT.
-    let _back = MosquittoSub::start(&node, &args("sleepy", "unused", "0"));
+    let wait_for = |outcome: &str, count: f64| {
+        let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
+        while wills(outcome) < count {
+            assert!(std::time::Instant::now() < deadline, "no {outcome} will");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+
+    // Resumed within the hour: never sent.
+    client("sleepy", "sleepy-gone", "3600", true).kill();
+    wait_for("delayed", 1.0);
+    let _resumed = client("sleepy", "sleepy-again", "3600", true);
     assert_eq!(wills("cancelled"), 1.0);
-    // A one-second delay runs out and the will is published.
-    let mut brief = MosquittoSub::start(&node, &args("brief", "gone", "1"));
-    brief.kill();
-    let line = watcher.wait_for(|l| l.starts_with("test/delay/availability"), "a will");
-    assert_eq!(line, "test/delay/availability gone");
-    assert_eq!(wills("published"), 1.0);
+
+    // Back with a fresh session: the old session is over and its will goes now.
+    client("fresh", "fresh-old", "3600", false).kill();
+    wait_for("delayed", 2.0);
+    let _fresh = client("fresh", "fresh-new", "3600", false);
+    watcher.expect_message("test/delay/availability", "fresh-old");
+
+    // A one-second delay runs out.
+    client("brief", "brief-gone", "1", false).kill();
+    watcher.expect_message("test/delay/availability", "brief-gone");
+    assert_eq!(wills("published"), 2.0);
+    assert_eq!(wills("cancelled"), 1.0);
 }
