@@ -67,7 +67,7 @@ pub(crate) struct Edge {
     pub client: BrokerClient,
     /// The latest connection of each client id and the wills waiting out their delay.
     pub sessions: Arc<std::sync::Mutex<Sessions>>,
-    /// Runs delayed wills, so shutdown waits for none of them.
+    /// Runs delayed wills beside the connections; they end at once on the shutdown token.
     pub tracker: TaskTracker,
 }
 
@@ -106,6 +106,8 @@ pub(crate) struct Sessions {
 struct PendingWill {
     /// The connection that left it.
     generation: u64,
+    /// That connection's Clean Start, which settles any older will still to come.
+    clean_start: bool,
     /// The session resumed (Clean Start 0): the will is not sent.
     cancel: CancellationToken,
     /// The session ended (Clean Start 1 reconnect): the will is sent now.
@@ -146,7 +148,20 @@ impl Sessions {
     }
 
     /// A connection ended and leaves a will with a delay: what happens to it.
-    fn will_fate(&mut self, client_id: &str, generation: u64) -> WillFate {
+    fn will_fate(&mut self, client_id: &str, generation: u64, clean_start: bool) -> WillFate {
+        // A newer connection's will is already waiting (its end was handled first): that
+        // connection took this session over, and its Clean Start settles this will.
+        if let Some(newer) = self
+            .pending
+            .get(client_id)
+            .filter(|p| p.generation > generation)
+        {
+            return if newer.clean_start {
+                WillFate::Now
+            } else {
+                WillFate::Cancelled
+            };
+        }
         match self.latest.get(client_id) {
             Some(&(latest, clean_start)) if latest != generation && !client_id.is_empty() => {
                 if clean_start {
@@ -160,6 +175,7 @@ impl Sessions {
                 if !client_id.is_empty() {
                     let pending = PendingWill {
                         generation,
+                        clean_start,
                         cancel: cancel.clone(),
                         fire_now: fire_now.clone(),
                     };
@@ -671,6 +687,7 @@ impl Edge {
             self.will(
                 &connect.client_id,
                 generation,
+                connect.clean_start,
                 connect.protocol,
                 will,
                 token,
@@ -687,6 +704,7 @@ impl Edge {
         &self,
         client_id: &str,
         generation: u64,
+        clean_start: bool,
         protocol: Protocol,
         will: frame::Will,
         shutdown: &CancellationToken,
@@ -699,7 +717,8 @@ impl Edge {
         let fate = if delay == 0 {
             WillFate::Now
         } else {
-            self.lock_sessions().will_fate(client_id, generation)
+            self.lock_sessions()
+                .will_fate(client_id, generation, clean_start)
         };
         let (cancel, fire_now) = match fate {
             WillFate::Cancelled => {
@@ -1071,7 +1090,7 @@ mod tests {
     fn a_resumed_session_cancels_a_pending_will() {
         let mut s = Sessions::default();
         let (g1, _) = s.connected("esp", true);
-        let WillFate::Wait(cancel, fire_now) = s.will_fate("esp", g1) else {
+        let WillFate::Wait(cancel, fire_now) = s.will_fate("esp", g1, true) else {
             panic!("the will should wait");
         };
         s.disconnected("esp", g1);
@@ -1083,7 +1102,7 @@ mod tests {
     fn a_fresh_session_sends_a_pending_will_now() {
         let mut s = Sessions::default();
         let (g1, _) = s.connected("esp", true);
-        let WillFate::Wait(cancel, fire_now) = s.will_fate("esp", g1) else {
+        let WillFate::Wait(cancel, fire_now) = s.will_fate("esp", g1, true) else {
             panic!("the will should wait");
         };
         let (_, cancelled) = s.connected("esp", true);
@@ -1095,27 +1114,44 @@ mod tests {
         let mut s = Sessions::default();
         let (g1, _) = s.connected("esp", true);
         s.connected("esp", false);
-        assert!(matches!(s.will_fate("esp", g1), WillFate::Cancelled));
+        assert!(matches!(s.will_fate("esp", g1, true), WillFate::Cancelled));
         let (g3, _) = s.connected("tas", true);
         s.connected("tas", true);
-        assert!(matches!(s.will_fate("tas", g3), WillFate::Now));
+        assert!(matches!(s.will_fate("tas", g3, true), WillFate::Now));
     }
 
     #[test]
     fn empty_client_ids_never_share_a_will() {
         let mut s = Sessions::default();
         let (g1, _) = s.connected("", true);
-        assert!(waits(s.will_fate("", g1)));
+        assert!(waits(s.will_fate("", g1, true)));
         let (_, cancelled) = s.connected("", false);
         assert!(!cancelled);
         assert!(s.pending.is_empty() && s.latest.is_empty());
     }
 
     #[test]
+    fn an_older_end_handled_late_is_settled_by_the_newer_session() {
+        let mut s = Sessions::default();
+        let (g1, _) = s.connected("esp", true);
+        let (g2, _) = s.connected("esp", false);
+        // The newer connection's end is handled first; its will waits.
+        let WillFate::Wait(cancel, _) = s.will_fate("esp", g2, false) else {
+            panic!("the newer will should wait");
+        };
+        s.disconnected("esp", g2);
+        // The older one's end comes late: the newer session resumed it, so no will, and the
+        // newer will keeps waiting.
+        assert!(matches!(s.will_fate("esp", g1, true), WillFate::Cancelled));
+        assert!(!cancel.is_cancelled());
+        assert_eq!(s.pending.get("esp").map(|p| p.generation), Some(g2));
+    }
+
+    #[test]
     fn settled_and_disconnected_forget_only_their_own() {
         let mut s = Sessions::default();
         let (g1, _) = s.connected("esp", true);
-        assert!(waits(s.will_fate("esp", g1)));
+        assert!(waits(s.will_fate("esp", g1, true)));
         s.disconnected("esp", g1);
         s.settled("esp", g1);
         assert!(s.pending.is_empty() && s.latest.is_empty());

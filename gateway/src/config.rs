@@ -625,7 +625,6 @@ impl<'a> Validator<'a> {
         }
     }
 
-    /// A string checked by `check`, which returns what is wrong.
     /// A duration key (`"500ms"`, `"10s"`): reported when it does not parse or is zero.
     fn positive_duration(
         &mut self,
@@ -655,6 +654,7 @@ impl<'a> Validator<'a> {
         }
     }
 
+    /// A string checked by `check`, which returns what is wrong.
     fn checked_string(
         &mut self,
         key: &str,

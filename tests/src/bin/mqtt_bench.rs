@@ -6,8 +6,8 @@
 //!   (Nagle on, as most device clients have it) and once with TCP_NODELAY (`latency-nd`);
 //! - throughput: one publisher as fast as the client goes, one subscriber; messages delivered
 //!   per second between the first publish and the last delivery, at QoS 0 and QoS 1;
-//! - retained: 10,000 retained messages stored, then the time for a new `#` subscriber to
-//!   receive them all, at QoS 0 and QoS 1 (`p50 µs` column: the whole delivery, in ms).
+//! - retained: 10,000 retained messages stored, then the time for a new subscriber to
+//!   `bench/retained/#` to receive them all, at QoS 0 and QoS 1 (`p50 µs` column: the whole delivery, in ms).
 //!
 //! Prints a table; asserts nothing. Run:
 //! `cargo build --release --workspace --bins && target/release/mqtt_bench [LATENCY_N] [THROUGHPUT_N]`
