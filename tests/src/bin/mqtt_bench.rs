@@ -9,6 +9,10 @@
 //! - retained: 10,000 retained messages stored, then the time for a new subscriber to
 //!   `bench/retained/#` to receive them all, at QoS 0 and QoS 1 (`p50 µs` column: the whole delivery, in ms).
 //!
+//! - burst: 4 publishers send 50,000 QoS 1 messages each as fast as they can to one QoS 1
+//!   subscriber: messages lost, and the broker's peak RSS (`msg/s` column: delivered per second);
+//! - RSS of the broker holding the 10,000 retained messages, after the runs above.
+//!
 //! Prints a table; asserts nothing. Run:
 //! `cargo build --release --workspace --bins && target/release/mqtt_bench [LATENCY_N] [THROUGHPUT_N]`
 
@@ -22,6 +26,10 @@ use tokio::sync::oneshot;
 const PAYLOAD: usize = 64;
 /// Publish rate of the latency run.
 const LATENCY_RATE: u64 = 1_000;
+/// Publishers in the burst run.
+const BURST_PUBLISHERS: usize = 4;
+/// Messages each burst publisher sends.
+const BURST_EACH: usize = 50_000;
 /// Retained messages stored for the retained run.
 const RETAINED_N: usize = 10_000;
 /// The bound on one run; a run that does not finish reports what it got.
@@ -49,9 +57,9 @@ fn main() {
 
     let roost = Node::builder("bench").start();
     let mosquitto = Mosquitto::start();
-    let mut targets = vec![("roost", roost.port())];
+    let mut targets = vec![("roost", roost.port(), roost.pid())];
     match &mosquitto {
-        Some(m) => targets.push(("mosquitto", m.port)),
+        Some(m) => targets.push(("mosquitto", m.port, m.process.0.id())),
         None => {
             eprintln!("mosquitto not installed: measuring roost only (apt-get install mosquitto)")
         }
@@ -61,7 +69,7 @@ fn main() {
         "{:<10} {:<4} {:<11} {:>9} {:>9} {:>12} {:>17}",
         "broker", "qos", "run", "p50 µs", "p99 µs", "msg/s", "received/sent"
     );
-    for (name, port) in &targets {
+    for (name, port, pid) in &targets {
         for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
             let latency = runtime.block_on(latency_run(*port, qos, latency_n, false));
             print_row(name, qos, "latency", &latency);
@@ -75,6 +83,10 @@ fn main() {
             let retained = runtime.block_on(retained_run(*port, qos, RETAINED_N));
             print_row(name, qos, "retained ms", &retained);
         }
+        let burst = runtime.block_on(burst_run(*port, BURST_PUBLISHERS, BURST_EACH));
+        print_row(name, QoS::AtLeastOnce, "burst", &burst);
+        let (rss, peak) = memory_mib(*pid);
+        println!("{name:<10} rss now {rss:.1} MiB (10,000 retained held), peak {peak:.1} MiB");
     }
 }
 
@@ -310,4 +322,83 @@ async fn retained_run(port: u16, qos: QoS, n: usize) -> Figures {
         p99_us: None,
         per_second: None,
     }
+}
+
+/// Four publishers flood one QoS 1 subscriber; counts what arrives.
+async fn burst_run(port: u16, publishers: usize, each: usize) -> Figures {
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    let total = publishers * each;
+    let start = Instant::now();
+    let received = Arc::new(AtomicUsize::new(0));
+    let last_at = Arc::new(AtomicU64::new(0));
+    let (count, last) = (received.clone(), last_at.clone());
+    let (sub, ready) = client(port, "bench-burst-sub", false, move |_, at| {
+        count.fetch_add(1, Ordering::Relaxed);
+        last.store(
+            at.duration_since(start).as_nanos() as u64,
+            Ordering::Relaxed,
+        );
+    });
+    sub.subscribe("bench/burst/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    ready.await.expect("SUBACK");
+    let sends = (0..publishers).map(|p| async move {
+        let (publisher, _) = client(port, &format!("bench-burst-pub-{p}"), false, |_, _| {});
+        let payload = vec![b'b'; PAYLOAD];
+        for _ in 0..each {
+            publisher
+                .publish(
+                    format!("bench/burst/{p}"),
+                    QoS::AtLeastOnce,
+                    false,
+                    payload.clone(),
+                )
+                .await
+                .expect("publish");
+        }
+        publisher
+    });
+    let clients = futures_util::future::join_all(sends).await;
+    // Wait for the rest; a run ends when all arrived or nothing arrived for 2 s.
+    let mut seen = 0;
+    let mut quiet_since = Instant::now();
+    while received.load(Ordering::Relaxed) < total && start.elapsed() < RUN_LIMIT {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now_seen = received.load(Ordering::Relaxed);
+        if now_seen != seen {
+            seen = now_seen;
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+    }
+    for publisher in clients {
+        let _ = publisher.disconnect().await;
+    }
+    let _ = sub.disconnect().await;
+    let got = received.load(Ordering::Relaxed);
+    let span = Duration::from_nanos(last_at.load(Ordering::Relaxed));
+    Figures {
+        sent: total,
+        received: got,
+        p50_us: None,
+        p99_us: None,
+        per_second: (got > 0 && !span.is_zero()).then(|| got as f64 / span.as_secs_f64()),
+    }
+}
+
+/// Resident and peak resident memory of a process, in MiB.
+fn memory_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| -> f64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }
