@@ -204,58 +204,84 @@ async fn latency_run(port: u16, qos: QoS, n: usize, nodelay: bool) -> Figures {
     }
 }
 
+/// A subscriber that counts deliveries and notes the time of the last one.
+struct Counting {
+    client: AsyncClient,
+    start: Instant,
+    received: Arc<std::sync::atomic::AtomicUsize>,
+    last_ns: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Counting {
+    /// Subscribes `filter` at `qos` and returns once the SUBACK is in.
+    async fn subscribe(port: u16, id: &str, filter: &str, qos: QoS) -> Counting {
+        use std::sync::atomic::Ordering;
+        let start = Instant::now();
+        let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let last_ns = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (count, last) = (received.clone(), last_ns.clone());
+        let (client, ready) = client(port, id, false, move |_, at| {
+            count.fetch_add(1, Ordering::Relaxed);
+            last.store(
+                at.duration_since(start).as_nanos() as u64,
+                Ordering::Relaxed,
+            );
+        });
+        client.subscribe(filter, qos).await.expect("subscribe");
+        ready.await.expect("SUBACK");
+        Counting {
+            client,
+            start,
+            received,
+            last_ns,
+        }
+    }
+
+    /// Waits until `total` arrived or nothing arrived for 2 s (QoS 0 may be dropped under
+    /// overload, and that is part of what is measured), then reports, with the rate counted
+    /// from `first_send` (time since subscribing) to the last delivery.
+    async fn finish(self, total: usize, first_send: Duration) -> Figures {
+        use std::sync::atomic::Ordering;
+        let mut seen = 0;
+        let mut quiet_since = Instant::now();
+        while self.received.load(Ordering::Relaxed) < total && self.start.elapsed() < RUN_LIMIT {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let now_seen = self.received.load(Ordering::Relaxed);
+            if now_seen != seen {
+                seen = now_seen;
+                quiet_since = Instant::now();
+            } else if quiet_since.elapsed() > Duration::from_secs(2) {
+                break;
+            }
+        }
+        let _ = self.client.disconnect().await;
+        let got = self.received.load(Ordering::Relaxed);
+        let span =
+            Duration::from_nanos(self.last_ns.load(Ordering::Relaxed)).saturating_sub(first_send);
+        Figures {
+            sent: total,
+            received: got,
+            p50_us: None,
+            p99_us: None,
+            per_second: (got > 0 && !span.is_zero()).then(|| got as f64 / span.as_secs_f64()),
+        }
+    }
+}
+
 async fn throughput_run(port: u16, qos: QoS, n: usize) -> Figures {
-    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-    let start = Instant::now();
-    let received = Arc::new(AtomicUsize::new(0));
-    let last_at = Arc::new(AtomicU64::new(0));
-    let (count, last) = (received.clone(), last_at.clone());
-    let (sub, ready) = client(port, "bench-tp-sub", false, move |_, at| {
-        count.fetch_add(1, Ordering::Relaxed);
-        last.store(
-            at.duration_since(start).as_nanos() as u64,
-            Ordering::Relaxed,
-        );
-    });
-    sub.subscribe("bench/throughput", qos)
-        .await
-        .expect("subscribe");
-    ready.await.expect("SUBACK");
+    let sub = Counting::subscribe(port, "bench-tp-sub", "bench/throughput", qos).await;
     let (publisher, _) = client(port, "bench-tp-pub", false, |_, _| {});
     let payload = vec![b'x'; PAYLOAD];
-    let first_send = start.elapsed();
+    let first_send = sub.start.elapsed();
     for _ in 0..n {
         publisher
             .publish("bench/throughput", qos, false, payload.clone())
             .await
             .expect("publish");
     }
-    // Wait for the rest to arrive; a run ends when all arrived or nothing arrived for 2 s
-    // (QoS 0 may be dropped under overload, and that is part of what is measured).
-    let give_up = Instant::now() + RUN_LIMIT;
-    let mut seen = 0;
-    let mut quiet_since = Instant::now();
-    while received.load(Ordering::Relaxed) < n && Instant::now() < give_up {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let now_seen = received.load(Ordering::Relaxed);
-        if now_seen != seen {
-            seen = now_seen;
-            quiet_since = Instant::now();
-        } else if quiet_since.elapsed() > Duration::from_secs(2) {
-            break;
-        }
-    }
-    let got = received.load(Ordering::Relaxed);
-    let span = Duration::from_nanos(last_at.load(Ordering::Relaxed)).saturating_sub(first_send);
+    let figures = sub.finish(n, first_send).await;
     let _ = publisher.disconnect().await;
-    let _ = sub.disconnect().await;
-    Figures {
-        sent: n,
-        received: got,
-        p50_us: None,
-        p99_us: None,
-        per_second: (got > 0 && !span.is_zero()).then(|| got as f64 / span.as_secs_f64()),
-    }
+    figures
 }
 
 /// Stores `n` retained messages under `bench/retained/` (QoS 1, every PUBACK awaited).
@@ -326,23 +352,8 @@ async fn retained_run(port: u16, qos: QoS, n: usize) -> Figures {
 
 /// Four publishers flood one QoS 1 subscriber; counts what arrives.
 async fn burst_run(port: u16, publishers: usize, each: usize) -> Figures {
-    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-    let total = publishers * each;
-    let start = Instant::now();
-    let received = Arc::new(AtomicUsize::new(0));
-    let last_at = Arc::new(AtomicU64::new(0));
-    let (count, last) = (received.clone(), last_at.clone());
-    let (sub, ready) = client(port, "bench-burst-sub", false, move |_, at| {
-        count.fetch_add(1, Ordering::Relaxed);
-        last.store(
-            at.duration_since(start).as_nanos() as u64,
-            Ordering::Relaxed,
-        );
-    });
-    sub.subscribe("bench/burst/#", QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
-    ready.await.expect("SUBACK");
+    let sub = Counting::subscribe(port, "bench-burst-sub", "bench/burst/#", QoS::AtLeastOnce).await;
+    let first_send = sub.start.elapsed();
     let sends = (0..publishers).map(|p| async move {
         let (publisher, _) = client(port, &format!("bench-burst-pub-{p}"), false, |_, _| {});
         let payload = vec![b'b'; PAYLOAD];
@@ -360,32 +371,11 @@ async fn burst_run(port: u16, publishers: usize, each: usize) -> Figures {
         publisher
     });
     let clients = futures_util::future::join_all(sends).await;
-    // Wait for the rest; a run ends when all arrived or nothing arrived for 2 s.
-    let mut seen = 0;
-    let mut quiet_since = Instant::now();
-    while received.load(Ordering::Relaxed) < total && start.elapsed() < RUN_LIMIT {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let now_seen = received.load(Ordering::Relaxed);
-        if now_seen != seen {
-            seen = now_seen;
-            quiet_since = Instant::now();
-        } else if quiet_since.elapsed() > Duration::from_secs(2) {
-            break;
-        }
-    }
+    let figures = sub.finish(publishers * each, first_send).await;
     for publisher in clients {
         let _ = publisher.disconnect().await;
     }
-    let _ = sub.disconnect().await;
-    let got = received.load(Ordering::Relaxed);
-    let span = Duration::from_nanos(last_at.load(Ordering::Relaxed));
-    Figures {
-        sent: total,
-        received: got,
-        p50_us: None,
-        p99_us: None,
-        per_second: (got > 0 && !span.is_zero()).then(|| got as f64 / span.as_secs_f64()),
-    }
+    figures
 }
 
 /// Resident and peak resident memory of a process, in MiB.
