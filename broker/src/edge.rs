@@ -96,8 +96,9 @@ enum End {
 pub(crate) struct Sessions {
     /// Numbers connections, so a connection can tell whether it was taken over.
     next_generation: u64,
-    /// client id → (generation, Clean Start) of its latest connection.
-    latest: HashMap<String, (u64, bool)>,
+    /// client id → (generation, Clean Start) of its latest connection, and how many of its
+    /// connections are still alive (an old one may still be ending).
+    latest: HashMap<String, (u64, bool, usize)>,
     /// client id → its pending delayed will.
     pending: HashMap<String, PendingWill>,
 }
@@ -133,8 +134,9 @@ impl Sessions {
         if client_id.is_empty() {
             return (generation, false);
         }
+        let live = self.latest.get(client_id).map_or(0, |l| l.2);
         self.latest
-            .insert(client_id.to_owned(), (generation, clean_start));
+            .insert(client_id.to_owned(), (generation, clean_start, live + 1));
         let mut cancelled = false;
         if let Some(pending) = self.pending.remove(client_id) {
             if clean_start {
@@ -163,7 +165,7 @@ impl Sessions {
             };
         }
         match self.latest.get(client_id) {
-            Some(&(latest, clean_start)) if latest != generation && !client_id.is_empty() => {
+            Some(&(latest, clean_start, _)) if latest != generation && !client_id.is_empty() => {
                 if clean_start {
                     WillFate::Now
                 } else {
@@ -188,10 +190,14 @@ impl Sessions {
         }
     }
 
-    /// A connection ended: forget it unless a newer one holds the client id.
-    fn disconnected(&mut self, client_id: &str, generation: u64) {
-        if self.latest.get(client_id).map(|l| l.0) == Some(generation) {
-            self.latest.remove(client_id);
+    /// A connection ended. The client id's entry stays while any of its connections is alive,
+    /// so an older one still ending is settled by the latest one's Clean Start.
+    fn disconnected(&mut self, client_id: &str) {
+        if let Some(entry) = self.latest.get_mut(client_id) {
+            entry.2 = entry.2.saturating_sub(1);
+            if entry.2 == 0 {
+                self.latest.remove(client_id);
+            }
         }
     }
 
@@ -267,7 +273,7 @@ impl Deliveries {
             subscribed: HashSet::new(),
             queue: VecDeque::new(),
             inflight: HashSet::new(),
-            next_pkid: FIRST_EDGE_PKID,
+            next_pkid: first_edge_pkid(),
             outbox: Vec::new(),
         }
     }
@@ -363,6 +369,18 @@ impl Deliveries {
     }
 }
 
+/// Where a connection's own packet ids start: anywhere above rumqttd's range, so a client
+/// resuming a session is unlikely to hold an id of an unfinished QoS 2 flow from before.
+fn first_edge_pkid() -> u16 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let span = u32::from(u16::MAX - FIRST_EDGE_PKID) + 1;
+    // The remainder is below `span`, so the sum fits in a u16.
+    FIRST_EDGE_PKID + u16::try_from(nanos % span).unwrap_or(0)
+}
+
 /// A retained message as the client receives it: retain set, at `qos` with `pkid`, in the
 /// client's protocol generation.
 fn delivery(stored: &Stored, qos: u8, pkid: u16, v311: bool) -> Result<Vec<u8>, FrameError> {
@@ -389,6 +407,35 @@ fn delivery(stored: &Stored, qos: u8, pkid: u16, v311: bool) -> Result<Vec<u8>, 
     }
     let v5_header = frame::parse_header(&v5, usize::MAX)?.ok_or(FrameError::Malformed("stored"))?;
     translate::server_to_v311(&v5, &v5_header)?.ok_or(FrameError::Malformed("stored"))
+}
+
+/// What the edge requires of a client's PUBLISH before it may change the retained set or
+/// reach rumqttd: a valid topic name (empty only for an MQTT 5 topic alias), and for MQTT 5 a
+/// well-formed property block without a Subscription Identifier (server-to-client only).
+fn check_publish(
+    info: &frame::PublishInfo,
+    protocol: Protocol,
+    packet: &[u8],
+    header: &Header,
+) -> Result<(), FrameError> {
+    let v5 = protocol == Protocol::V5;
+    let topic_ok = if info.topic.is_empty() {
+        v5
+    } else {
+        crate::client::validate_topic(&info.topic).is_ok()
+    };
+    if !topic_ok {
+        return Err(FrameError::Malformed("PUBLISH topic"));
+    }
+    if v5 {
+        let mut allowed = true;
+        let walked = frame::publish_properties(packet, header)
+            .and_then(|block| frame::walk_properties(block, |id, _| allowed &= id != 0x0b));
+        if walked.is_none() || !allowed {
+            return Err(FrameError::Malformed("PUBLISH properties"));
+        }
+    }
+    Ok(())
 }
 
 /// The packet id at the start of an acknowledgement's body, if it is one of the edge's.
@@ -567,9 +614,13 @@ impl Edge {
         };
         let connect = frame::parse_connect(buf, &header).map_err(|e| self.protocol_error(e))?;
         if let Some(will) = &connect.will {
-            // A will is published like any message: its topic must be a valid topic name.
+            // A will is published like any message: a valid topic name, and only the
+            // properties a will may carry (MQTT 5 §3.1.3.2).
             if crate::client::validate_topic(&will.topic).is_err() {
                 return Err(self.protocol_error(FrameError::Malformed("will topic")));
+            }
+            if !will.properties_allowed() {
+                return Err(self.protocol_error(FrameError::Malformed("will properties")));
             }
         }
         let refusal = match connect.protocol {
@@ -627,7 +678,7 @@ impl Edge {
         // rumqttd never sees a will: it misfires them on client-id takeover (RUMQTTD.md,
         // defect 6). The edge fires the will itself when the session ends (below).
         let first_header = frame::parse_header(&first, usize::MAX).ok().flatten();
-        let mut first = match first_header.and_then(|h| frame::strip_will(&first, &h)) {
+        let mut first = match first_header.and_then(|h| frame::prepare_connect(&first, &h)) {
             Some(stripped) => stripped,
             None => return self.protocol_error(FrameError::Malformed("CONNECT")),
         };
@@ -655,6 +706,7 @@ impl Edge {
             }
         }
         if let Err(e) = upstream.write_all(&first).await {
+            self.lock_sessions().disconnected(&connect.client_id);
             return End::Io(e);
         }
         inbound.advance(header.total_len());
@@ -694,8 +746,7 @@ impl Edge {
             )
             .await;
         }
-        self.lock_sessions()
-            .disconnected(&connect.client_id, generation);
+        self.lock_sessions().disconnected(&connect.client_id);
         end
     }
 
@@ -811,6 +862,9 @@ impl Edge {
                             Err(e) => return self.protocol_error(e),
                         };
                         alias_only = info.topic.is_empty();
+                        if let Err(e) = check_publish(&info, protocol, packet, &header) {
+                            return self.protocol_error(e);
+                        }
                         let recorded = ready == 0 && front_recorded;
                         if !recorded {
                             let v5_header = if v311 {
@@ -870,7 +924,11 @@ impl Edge {
                     // Acknowledgements of the edge's own deliveries stay at the edge.
                     kind::PUBACK | kind::PUBREC | kind::PUBCOMP => {
                         if let Some(pkid) = edge_pkid(packet, &header) {
-                            let note = if header.kind() == kind::PUBREC {
+                            // An MQTT 5 PUBREC with a failure reason ends the QoS 2 flow there.
+                            let failed = packet
+                                .get(header.header_len + 2)
+                                .is_some_and(|reason| *reason >= 0x80);
+                            let note = if header.kind() == kind::PUBREC && !failed {
                                 Note::Received(pkid)
                             } else {
                                 Note::Done(pkid)
@@ -1093,7 +1151,7 @@ mod tests {
         let WillFate::Wait(cancel, fire_now) = s.will_fate("esp", g1, true) else {
             panic!("the will should wait");
         };
-        s.disconnected("esp", g1);
+        s.disconnected("esp");
         let (_, cancelled) = s.connected("esp", false);
         assert!(cancelled && cancel.is_cancelled() && !fire_now.is_cancelled());
     }
@@ -1139,7 +1197,7 @@ mod tests {
         let WillFate::Wait(cancel, _) = s.will_fate("esp", g2, false) else {
             panic!("the newer will should wait");
         };
-        s.disconnected("esp", g2);
+        s.disconnected("esp");
         // The older one's end comes late: the newer session resumed it, so no will, and the
         // newer will keeps waiting.
         assert!(matches!(s.will_fate("esp", g1, true), WillFate::Cancelled));
@@ -1148,15 +1206,28 @@ mod tests {
     }
 
     #[test]
-    fn settled_and_disconnected_forget_only_their_own() {
+    fn entries_live_while_a_connection_does() {
         let mut s = Sessions::default();
         let (g1, _) = s.connected("esp", true);
         assert!(waits(s.will_fate("esp", g1, true)));
-        s.disconnected("esp", g1);
+        s.disconnected("esp");
         s.settled("esp", g1);
         assert!(s.pending.is_empty() && s.latest.is_empty());
-        let (g2, _) = s.connected("esp", true);
-        s.disconnected("esp", g1);
+        // conn1 is still ending (a slow write) while conn2 comes and goes cleanly.
+        let (g1, _) = s.connected("esp", true);
+        let (g2, _) = s.connected("esp", false);
+        s.disconnected("esp");
         assert_eq!(s.latest.get("esp").map(|l| l.0), Some(g2));
+        // conn1's will is settled by conn2's Clean Start 0: cancelled.
+        assert!(matches!(s.will_fate("esp", g1, true), WillFate::Cancelled));
+        s.disconnected("esp");
+        assert!(s.latest.is_empty());
+    }
+
+    #[test]
+    fn edge_packet_ids_start_above_rumqttds() {
+        for _ in 0..100 {
+            assert!(first_edge_pkid() >= FIRST_EDGE_PKID);
+        }
     }
 }

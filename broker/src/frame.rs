@@ -169,55 +169,76 @@ impl Will {
     /// The will as an MQTT 5 PUBLISH at QoS 0, retain clear, with its properties less the
     /// will delay (which is no publish property).
     pub fn to_publish(&self) -> Vec<u8> {
-        let mut props = Vec::new();
-        self.walk_properties(|id, raw| {
-            if id != 0x18 {
-                props.extend_from_slice(raw);
-            }
-        });
+        let props = filter_properties(&self.properties, |id| id != 0x18).unwrap_or_else(|| vec![0]);
         let mut body = Vec::with_capacity(self.topic.len() + props.len() + self.payload.len() + 8);
         let topic = &self.topic.as_bytes()[..self.topic.len().min(usize::from(u16::MAX))];
         body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
         body.extend_from_slice(topic);
-        push_varint(&mut body, props.len());
         body.extend_from_slice(&props);
         body.extend_from_slice(&self.payload);
         packet(0x30, &body)
     }
 
+    /// Whether the will's properties are well formed and all allowed in a will (MQTT 5
+    /// §3.1.3.2). Anything else could make rumqttd drop the node's own publisher link when the
+    /// will is published, so such a CONNECT is refused.
+    pub fn properties_allowed(&self) -> bool {
+        let mut allowed = true;
+        let walked = walk_properties(&self.properties, |id, _| {
+            allowed &= matches!(id, 0x01 | 0x02 | 0x03 | 0x08 | 0x09 | 0x18 | 0x26);
+        });
+        walked.is_some() && allowed
+    }
+
     fn property(&self, wanted: u8) -> Option<Vec<u8>> {
         let mut found = None;
-        self.walk_properties(|id, raw| {
+        walk_properties(&self.properties, |id, raw| {
             if id == wanted && found.is_none() {
                 found = Some(raw[1..].to_vec());
             }
-        });
+        })?;
         found
     }
+}
 
-    /// Calls `f(id, bytes of the property with its id)` for each will property.
-    fn walk_properties(&self, mut f: impl FnMut(u8, &[u8])) {
-        let Some(total) = property_block_len(&self.properties) else {
-            return;
-        };
-        let Some(after_length) = skip_varint(&self.properties) else {
-            return;
-        };
-        let start = self.properties.len() - after_length.len();
-        let Some(block) = self.properties.get(start..total) else {
-            return;
-        };
-        let mut i = 0;
-        while i < block.len() {
-            let id = block[i];
-            let Some(len) = property_value_len(id, &block[i + 1..]) else {
-                return;
-            };
-            let end = (i + 1 + len).min(block.len());
-            f(id, &block[i..end]);
-            i = end;
-        }
+/// Walks an MQTT 5 property block (its length field included), calling `f(id, the property's
+/// bytes, id included)` for each property; `None` when the block is malformed.
+pub fn walk_properties(block: &[u8], mut f: impl FnMut(u8, &[u8])) -> Option<()> {
+    let total = property_block_len(block)?;
+    let start = block.len() - skip_varint(block)?.len();
+    let body = block.get(start..total)?;
+    let mut i = 0;
+    while i < body.len() {
+        let id = body[i];
+        let end = i + 1 + property_value_len(id, body.get(i + 1..)?)?;
+        f(id, body.get(i..end)?);
+        i = end;
     }
+    Some(())
+}
+
+/// A property block (length field included) keeping only the properties `keep` accepts.
+pub fn filter_properties(block: &[u8], keep: impl Fn(u8) -> bool) -> Option<Vec<u8>> {
+    let mut kept = Vec::new();
+    walk_properties(block, |id, raw| {
+        if keep(id) {
+            kept.extend_from_slice(raw);
+        }
+    })?;
+    let mut out = Vec::with_capacity(kept.len() + 4);
+    push_varint(&mut out, kept.len());
+    out.extend_from_slice(&kept);
+    Some(out)
+}
+
+/// The property block of an MQTT 5 PUBLISH (length field included).
+pub fn publish_properties<'a>(packet: &'a [u8], header: &Header) -> Option<&'a [u8]> {
+    let body = packet.get(header.header_len..header.total_len())?;
+    let topic_len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
+    let qos = (header.byte1 >> 1) & 0x03;
+    let at = 2 + topic_len + if qos > 0 { 2 } else { 0 };
+    let len = property_block_len(body.get(at..)?)?;
+    body.get(at..at + len)
 }
 
 /// The bytes after a variable byte integer at the start of `bytes`.
@@ -261,38 +282,44 @@ fn property_value_len(id: u8, value: &[u8]) -> Option<usize> {
     }
 }
 
-/// A CONNECT (MQTT 5 form) without its will: flags cleared, will properties, topic and payload
-/// removed. The edge fires wills itself (edge.rs); rumqttd never sees one.
-pub fn strip_will(connect: &[u8], header: &Header) -> Option<Vec<u8>> {
+/// A CONNECT (MQTT 5 form) as rumqttd gets it: without its will (flags cleared, will
+/// properties, topic and payload removed; the edge fires wills itself, edge.rs) and without a
+/// Topic Alias Maximum (rumqttd keys the aliases it sends by filter, not by topic, so a client
+/// allowing them would file messages under the wrong topic).
+pub fn prepare_connect(connect: &[u8], header: &Header) -> Option<Vec<u8>> {
     let body = connect.get(header.header_len..header.total_len())?;
     let flags = *body.get(7)?;
-    if flags & 0x04 == 0 {
-        return Some(connect.to_vec());
-    }
     // name (6) level (1) flags (1) keep-alive (2), then the CONNECT properties.
     let props = property_block_len(body.get(10..)?)?;
+    let kept = filter_properties(body.get(10..10 + props)?, |id| id != 0x22)?;
     let id_at = 10 + props;
     let id_len = usize::from(u16::from_be_bytes([
         *body.get(id_at)?,
         *body.get(id_at + 1)?,
     ]));
     let will_at = id_at + 2 + id_len;
-    let will_props = property_block_len(body.get(will_at..)?)?;
-    let topic_at = will_at + will_props;
-    let topic_len = usize::from(u16::from_be_bytes([
-        *body.get(topic_at)?,
-        *body.get(topic_at + 1)?,
-    ]));
-    let payload_at = topic_at + 2 + topic_len;
-    let payload_len = usize::from(u16::from_be_bytes([
-        *body.get(payload_at)?,
-        *body.get(payload_at + 1)?,
-    ]));
-    let rest_at = payload_at + 2 + payload_len;
+    let rest_at = if flags & 0x04 == 0 {
+        will_at
+    } else {
+        let will_props = property_block_len(body.get(will_at..)?)?;
+        let topic_at = will_at + will_props;
+        let topic_len = usize::from(u16::from_be_bytes([
+            *body.get(topic_at)?,
+            *body.get(topic_at + 1)?,
+        ]));
+        let payload_at = topic_at + 2 + topic_len;
+        let payload_len = usize::from(u16::from_be_bytes([
+            *body.get(payload_at)?,
+            *body.get(payload_at + 1)?,
+        ]));
+        payload_at + 2 + payload_len
+    };
     let mut out = Vec::with_capacity(body.len());
     out.extend_from_slice(body.get(..7)?);
     out.push(flags & !(0x04 | 0x18 | 0x20));
-    out.extend_from_slice(body.get(8..will_at)?);
+    out.extend_from_slice(body.get(8..10)?);
+    out.extend_from_slice(&kept);
+    out.extend_from_slice(body.get(id_at..will_at)?);
     out.extend_from_slice(body.get(rest_at..)?);
     Some(packet(header.byte1, &out))
 }
@@ -569,7 +596,7 @@ mod tests {
     }
 
     #[test]
-    fn strip_will_keeps_the_rest_of_connect() {
+    fn prepare_connect_strips_the_will_and_keeps_the_rest() {
         // MQTT 5 CONNECT, will flag + will retain + will QoS 1, user name flag.
         let mut body = vec![
             0,
@@ -589,13 +616,61 @@ mod tests {
         body.extend_from_slice(&[0, 1, b'w', 0, 3, b'b', b'y', b'e']);
         body.extend_from_slice(&[0, 2, b'u', b'1']);
         let p = packet(0x10, &body);
-        let stripped = strip_will(&p, &header(&p)).unwrap();
+        let stripped = prepare_connect(&p, &header(&p)).unwrap();
         let c = parse_connect(&stripped, &header(&stripped)).unwrap();
         assert_eq!(c.client_id, "c1");
         assert_eq!(c.will, None);
         let sb = &stripped[header(&stripped).header_len..];
         assert_eq!(sb[7], 0x02 | 0x80);
         assert!(sb.ends_with(&[0, 2, b'u', b'1']));
+    }
+
+    #[test]
+    fn prepare_connect_drops_topic_alias_maximum() {
+        // MQTT 5 CONNECT, no will; properties: session expiry 60 (0x11), topic alias max 10 (0x22).
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60];
+        body.extend_from_slice(&[8, 0x11, 0, 0, 0, 60, 0x22, 0, 10]);
+        body.extend_from_slice(&[0, 2, b'c', b'2']);
+        let p = packet(0x10, &body);
+        let prepared = prepare_connect(&p, &header(&p)).unwrap();
+        let b = &prepared[header(&prepared).header_len..];
+        assert_eq!(&b[10..16], &[5, 0x11, 0, 0, 0, 60]);
+        assert_eq!(
+            parse_connect(&prepared, &header(&prepared))
+                .unwrap()
+                .client_id,
+            "c2"
+        );
+    }
+
+    #[test]
+    fn will_property_checks() {
+        let will = |properties: Vec<u8>| Will {
+            topic: "t".into(),
+            retain: false,
+            qos: 0,
+            payload: b"x".to_vec(),
+            properties,
+        };
+        assert!(will(vec![0]).properties_allowed());
+        assert!(will(vec![5, 0x18, 0, 0, 0, 9]).properties_allowed());
+        // A Subscription Identifier or Topic Alias has no place in a will.
+        assert!(!will(vec![2, 0x0b, 1]).properties_allowed());
+        assert!(!will(vec![3, 0x23, 0, 1]).properties_allowed());
+        // A value running past the block.
+        assert!(!will(vec![3, 0x03, 0, 9]).properties_allowed());
+    }
+
+    #[test]
+    fn filtering_properties() {
+        let block = [8, 0x23, 0, 1, 0x03, 0, 1, b't', 0x01];
+        // 0x01 has a one-byte value, which is missing: malformed.
+        assert_eq!(filter_properties(&block, |_| true), None);
+        let block = [9, 0x23, 0, 1, 0x03, 0, 1, b't', 0x01, 1];
+        assert_eq!(
+            filter_properties(&block, |id| id != 0x23),
+            Some(vec![6, 0x03, 0, 1, b't', 0x01, 1])
+        );
     }
 
     #[test]

@@ -119,16 +119,23 @@ pub(crate) fn change_of(info: &PublishInfo, v5_packet: &[u8], header: &Header) -
     })
 }
 
-/// The stored form of an MQTT 5 PUBLISH: QoS 0 with the retain flag, without its packet id.
+/// The stored form of an MQTT 5 PUBLISH: QoS 0 with the retain flag, without its packet id,
+/// and without the properties that belong to the publisher's connection (Topic Alias,
+/// Subscription Identifier), which would mean something else to each subscriber.
 fn stored_form(packet: &[u8], header: &Header) -> Option<Vec<u8>> {
     let body = packet.get(header.header_len..header.total_len())?;
     let topic_len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
     let qos = (header.byte1 >> 1) & 0x03;
     let after_topic = 2 + topic_len;
-    let rest = body.get(after_topic + if qos > 0 { 2 } else { 0 }..)?;
+    let props_at = after_topic + if qos > 0 { 2 } else { 0 };
+    let props_len = crate::frame::property_block_len(body.get(props_at..)?)?;
+    let props = crate::frame::filter_properties(body.get(props_at..props_at + props_len)?, |id| {
+        id != 0x23 && id != 0x0b
+    })?;
     let mut out = Vec::with_capacity(body.len());
     out.extend_from_slice(body.get(..after_topic)?);
-    out.extend_from_slice(rest);
+    out.extend_from_slice(&props);
+    out.extend_from_slice(body.get(props_at + props_len..)?);
     Some(crate::frame::packet(0x31, &out))
 }
 
@@ -232,16 +239,29 @@ impl Retained {
     /// Applies `change` to `topic` and returns once it is durable. A failed write is logged
     /// and counted; the message still flows (the live set matters more than its copy).
     pub(crate) async fn record(&self, topic: &str, change: Change) {
-        self.index(topic, &change);
         let (done, wait) = oneshot::channel();
-        let op = Op {
-            topic: topic.to_owned(),
-            change,
-            done,
-        };
-        let result = match self.inner.writes.send(Msg::Write(op)).await {
-            Ok(()) => wait.await.unwrap_or_else(|_| Err("writer stopped".into())),
-            Err(_) => Err("writer stopped".into()),
+        let result = match self.inner.writes.reserve().await {
+            Ok(permit) => {
+                // The memory update and the queueing happen under one lock, so the file sees
+                // changes to a topic in the order memory does.
+                {
+                    let mut messages = self.lock();
+                    apply(&mut messages, topic, &change);
+                    self.inner
+                        .gauge
+                        .set(i64::try_from(messages.len()).unwrap_or(i64::MAX));
+                    permit.send(Msg::Write(Op {
+                        topic: topic.to_owned(),
+                        change,
+                        done,
+                    }));
+                }
+                wait.await.unwrap_or_else(|_| Err("writer stopped".into()))
+            }
+            Err(_) => {
+                apply(&mut self.lock(), topic, &change);
+                Err("writer stopped".into())
+            }
         };
         if let Err(e) = result {
             tracing::error!(topic, error = %e, "could not persist a retained message");
@@ -257,20 +277,17 @@ impl Retained {
             let _ = closed.await;
         }
     }
+}
 
-    fn index(&self, topic: &str, change: &Change) {
-        let mut messages = self.lock();
-        match change {
-            Change::Delete => {
-                messages.remove(topic);
-            }
-            Change::Set(stored) => {
-                messages.insert(topic.into(), stored.clone());
-            }
+/// Applies a change to the in-memory set.
+fn apply(messages: &mut BTreeMap<Box<str>, Stored>, topic: &str, change: &Change) {
+    match change {
+        Change::Delete => {
+            messages.remove(topic);
         }
-        self.inner
-            .gauge
-            .set(i64::try_from(messages.len()).unwrap_or(i64::MAX));
+        Change::Set(stored) => {
+            messages.insert(topic.into(), stored.clone());
+        }
     }
 }
 

@@ -248,3 +248,29 @@ fn a_client_that_never_reads_is_cut_off_alone() {
     assert_eq!(node.metric(slow), 1.0);
     assert_serving(&node);
 }
+
+/// Neither the edge nor rumqttd may accept a wildcard in a PUBLISH topic: a retained one would
+/// be stored and served as a topic name. The sender is cut off; nothing is stored.
+#[test]
+fn wildcard_publish_topic_is_a_protocol_error() {
+    let node = Node::builder("bad-wildcard").start();
+    let before = node.metric("roost_mqtt_retained_messages");
+    let mut client = TcpStream::connect(node.mqtt).unwrap();
+    client.write_all(&connect_packet("wild")).unwrap();
+    let mut ack = [0u8; 4];
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    client.read_exact(&mut ack).unwrap();
+    // QoS 0, retained, topic "a/#", payload "x".
+    client
+        .write_all(&[0x31, 6, 0, 3, b'a', b'/', b'#', b'x'])
+        .unwrap();
+    assert_closed_by_peer(&mut client);
+    assert_eq!(
+        node.metric("roost_mqtt_protocol_errors_total{reason=\"malformed_packet\"}"),
+        1.0
+    );
+    assert_eq!(node.metric("roost_mqtt_retained_messages"), before);
+    assert_serving(&node);
+}
