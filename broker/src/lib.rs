@@ -66,6 +66,7 @@ impl Broker {
         let (retained, loaded) = Retained::open(
             &settings.data_dir,
             metrics.retained.clone(),
+            metrics.retained_bytes.clone(),
             metrics.retained_persist_errors.clone(),
         )?;
         // Bind first: a taken port is the most likely startup error and the cheapest to find.

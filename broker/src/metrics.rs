@@ -24,6 +24,8 @@ pub struct BrokerMetrics {
     pub bytes_sent: IntCounter,
     /// Retained messages the broker holds.
     pub retained: IntGauge,
+    /// Bytes of the retained messages the broker holds (as stored: MQTT 5 packets).
+    pub retained_bytes: IntGauge,
     /// Retained changes that could not be written to disk.
     pub retained_persist_errors: IntCounter,
     /// Wills, by outcome: `published`, `delayed` (waiting out an MQTT 5 Will Delay),
@@ -83,6 +85,10 @@ impl BrokerMetrics {
                 "roost_mqtt_retained_messages",
                 "Retained messages held by the broker",
             )?,
+            retained_bytes: IntGauge::new(
+                "roost_mqtt_retained_bytes",
+                "Bytes of the retained messages held by the broker",
+            )?,
             wills: IntCounterVec::new(
                 Opts::new(
                     "roost_mqtt_wills_total",
@@ -105,6 +111,7 @@ impl BrokerMetrics {
         registry.register(Box::new(m.bytes_sent.clone()))?;
         registry.register(Box::new(m.retained.clone()))?;
         registry.register(Box::new(m.retained_persist_errors.clone()))?;
+        registry.register(Box::new(m.retained_bytes.clone()))?;
         registry.register(Box::new(m.wills.clone()))?;
         // Touch the label values so every series is exported from the start, at zero.
         for outcome in ["published", "delayed", "cancelled"] {

@@ -79,6 +79,8 @@ struct Inner {
     messages: Mutex<BTreeMap<Box<str>, Stored>>,
     /// `roost_mqtt_retained_messages`.
     gauge: IntGauge,
+    /// `roost_mqtt_retained_bytes`, and the total it shows.
+    bytes: IntGauge,
     /// `roost_mqtt_retained_persist_errors_total`.
     errors: IntCounter,
     /// Feeds the writer thread.
@@ -156,6 +158,7 @@ impl Retained {
     pub(crate) fn open(
         data_dir: &Path,
         gauge: IntGauge,
+        bytes: IntGauge,
         errors: IntCounter,
     ) -> Result<(Retained, usize)> {
         let path = data_dir.join(FILE_NAME);
@@ -190,6 +193,8 @@ impl Retained {
         }
         let loaded = messages.len();
         gauge.set(i64::try_from(loaded).unwrap_or(i64::MAX));
+        let total: usize = messages.values().map(|m: &Stored| m.packet.len()).sum();
+        bytes.set(i64::try_from(total).unwrap_or(i64::MAX));
         let (writes, queue) = mpsc::channel(QUEUE);
         std::thread::Builder::new()
             .name("roost-retained".into())
@@ -200,6 +205,7 @@ impl Retained {
                 inner: Arc::new(Inner {
                     messages: Mutex::new(messages),
                     gauge,
+                    bytes,
                     errors,
                     writes,
                 }),
@@ -246,10 +252,11 @@ impl Retained {
                 // changes to a topic in the order memory does.
                 {
                     let mut messages = self.lock();
-                    apply(&mut messages, topic, &change);
+                    let delta = apply(&mut messages, topic, &change);
                     self.inner
                         .gauge
                         .set(i64::try_from(messages.len()).unwrap_or(i64::MAX));
+                    self.inner.bytes.add(delta);
                     permit.send(Msg::Write(Op {
                         topic: topic.to_owned(),
                         change,
@@ -259,7 +266,8 @@ impl Retained {
                 wait.await.unwrap_or_else(|_| Err("writer stopped".into()))
             }
             Err(_) => {
-                apply(&mut self.lock(), topic, &change);
+                let delta = apply(&mut self.lock(), topic, &change);
+                self.inner.bytes.add(delta);
                 Err("writer stopped".into())
             }
         };
@@ -279,14 +287,14 @@ impl Retained {
     }
 }
 
-/// Applies a change to the in-memory set.
-fn apply(messages: &mut BTreeMap<Box<str>, Stored>, topic: &str, change: &Change) {
+/// Applies a change to the in-memory set; returns how many stored bytes it added (negative
+/// when it freed some).
+fn apply(messages: &mut BTreeMap<Box<str>, Stored>, topic: &str, change: &Change) -> i64 {
+    let size = |m: Option<Stored>| m.map_or(0, |m| i64::try_from(m.packet.len()).unwrap_or(0));
     match change {
-        Change::Delete => {
-            messages.remove(topic);
-        }
+        Change::Delete => -size(messages.remove(topic)),
         Change::Set(stored) => {
-            messages.insert(topic.into(), stored.clone());
+            size(Some(stored.clone())) - size(messages.insert(topic.into(), stored.clone()))
         }
     }
 }
@@ -352,9 +360,10 @@ mod tests {
     use super::*;
     use crate::frame::{self, parse_header, parse_publish, Protocol};
 
-    fn metrics() -> (IntGauge, IntCounter) {
+    fn metrics() -> (IntGauge, IntGauge, IntCounter) {
         (
             IntGauge::new("r", "r").unwrap(),
+            IntGauge::new("b", "b").unwrap(),
             IntCounter::new("e", "e").unwrap(),
         )
     }
@@ -410,8 +419,8 @@ mod tests {
     #[tokio::test]
     async fn matching_follows_filters() {
         let dir = tempfile::tempdir().unwrap();
-        let (g, e) = metrics();
-        let (retained, _) = Retained::open(dir.path(), g, e).unwrap();
+        let (g, b, e) = metrics();
+        let (retained, _) = Retained::open(dir.path(), g, b, e).unwrap();
         for topic in ["home", "home/a", "home/b/c", "homey", "$SYS/x", "other"] {
             retained.record(topic, set(topic, b"v")).await;
         }
@@ -436,8 +445,8 @@ mod tests {
     #[tokio::test]
     async fn survives_reopen_with_deletes() {
         let dir = tempfile::tempdir().unwrap();
-        let (g, e) = metrics();
-        let (retained, loaded) = Retained::open(dir.path(), g.clone(), e).unwrap();
+        let (g, b, e) = metrics();
+        let (retained, loaded) = Retained::open(dir.path(), g.clone(), b.clone(), e).unwrap();
         assert_eq!(loaded, 0);
         for i in 0..20 {
             let topic = format!("home/{i:02}");
@@ -449,9 +458,12 @@ mod tests {
                 .await;
         }
         assert_eq!(g.get(), 15);
+        let one = i64::try_from(publish_packet("home/00", b"v").len()).unwrap();
+        assert_eq!(b.get(), 15 * one);
         retained.close().await;
-        let (g2, e2) = metrics();
-        let (reopened, loaded) = Retained::open(dir.path(), g2.clone(), e2).unwrap();
+        let (g2, b2, e2) = metrics();
+        let (reopened, loaded) = Retained::open(dir.path(), g2.clone(), b2.clone(), e2).unwrap();
+        assert_eq!(b2.get(), 15 * one);
         assert_eq!(loaded, 15);
         let first = &reopened.matching("home/#")[0];
         assert_eq!(first.0, "home/05");

@@ -70,6 +70,7 @@ fn metrics_parse_and_count_the_messages_just_sent() {
         "roost_mqtt_bytes_received_total",
         "roost_mqtt_bytes_sent_total",
         "roost_mqtt_retained_messages",
+        "roost_mqtt_retained_bytes",
         "roost_state_keys",
         "roost_state_write_seconds",
         "roost_uptime_seconds",
