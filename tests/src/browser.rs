@@ -4,6 +4,9 @@
 //! for (a MutationObserver, not a poll), or the evaluation times out.
 //!
 //! Chromium is Debian's `chromium` package; scripts/test.sh installs it when missing.
+//!
+//! Panics: as in the rest of this crate, each `expect` names what the calling test needs
+//! (Chromium installed, answering its DevTools protocol); the panic is that test's report.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
@@ -27,7 +30,7 @@ pub struct Browser {
 impl Browser {
     /// Starts Chromium and attaches to its first page.
     pub fn start() -> Browser {
-        let profile = tempfile::tempdir().expect("profile dir");
+        let profile = tempfile::tempdir().expect("a writable temp dir for the profile");
         // The flags keep Chromium off every network but loopback (the workplace's rule).
         let child = Command::new("chromium")
             .args([
@@ -50,7 +53,7 @@ impl Browser {
             .expect("chromium is installed (apt-get install chromium; scripts/test.sh does it)");
         // Killed on drop from here on, whatever fails below.
         let mut child = ChildGuard(child);
-        let stderr = child.0.stderr.take().expect("piped stderr");
+        let stderr = child.0.stderr.take().expect("stderr was piped above");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
@@ -75,7 +78,7 @@ impl Browser {
             // Every wait on Chromium is bounded: a silent browser fails the test.
             stream
                 .set_read_timeout(Some(START_TIMEOUT))
-                .expect("socket timeout");
+                .expect("a connected socket accepts a read timeout");
         }
         let mut browser = Browser {
             _child: child,
@@ -118,7 +121,7 @@ impl Browser {
         let command = json!({ "id": id, "method": method, "params": params });
         self.page
             .send(Message::text(command.to_string()))
-            .expect("send to Chromium");
+            .expect("Chromium keeps the DevTools socket open");
         loop {
             let message = self.read();
             if message["id"] == id {
@@ -142,8 +145,14 @@ impl Browser {
 
     fn read(&mut self) -> Value {
         loop {
-            match self.page.read().expect("read from Chromium") {
-                Message::Text(text) => return serde_json::from_str(&text).expect("CDP JSON"),
+            match self
+                .page
+                .read()
+                .expect("Chromium answers within the read timeout")
+            {
+                Message::Text(text) => {
+                    return serde_json::from_str(&text).expect("DevTools messages are JSON")
+                }
                 Message::Close(_) => panic!("Chromium closed the page"),
                 _ => {}
             }

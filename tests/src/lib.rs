@@ -9,6 +9,10 @@
 //! The binary is `$ROOST_BIN`, or the `roost` that `cargo build --workspace --bins` put in the
 //! same target profile as the running test or benchmark. Every process is killed when its
 //! handle drops.
+//!
+//! Panics: this crate only serves tests and benchmarks, so every `expect` here checks the
+//! environment the caller needs (a binary, a tool, a writable temp dir, a node that answers)
+//! and its message names that precondition; the panic is the calling test's failure report.
 
 pub mod browser;
 
@@ -109,7 +113,7 @@ impl NodeBuilder {
 
     /// Writes the config, starts `roost run --config`, and waits until it is ready.
     pub fn start(self) -> Node {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = tempfile::tempdir().expect("a writable temp dir");
         let data_dir = self.data_dir.unwrap_or_else(|| dir.path().join("data"));
         let config = dir.path().join("roost.toml");
         let has_mqtt = self.extra.contains("[mqtt]");
@@ -123,9 +127,10 @@ impl NodeBuilder {
             toml.push_str("[mqtt]\nlisten = \"127.0.0.1:0\"\n\n");
         }
         toml.push_str(&self.extra);
-        std::fs::write(&config, toml).expect("write config");
+        std::fs::write(&config, toml).expect("the node config is writable in its temp dir");
         let stderr_path = dir.path().join("stderr.log");
-        let stderr = std::fs::File::create(&stderr_path).expect("stderr log");
+        let stderr = std::fs::File::create(&stderr_path)
+            .expect("the stderr log is creatable in the temp dir");
         let mut child = ChildGuard(
             Command::new(roost_bin())
                 .args(["run", "--config"])
@@ -135,9 +140,9 @@ impl NodeBuilder {
                 .stdout(Stdio::piped())
                 .stderr(stderr)
                 .spawn()
-                .expect("spawn roost"),
+                .expect("the roost binary starts"),
         );
-        let lines = spawn_line_reader(child.0.stdout.take().expect("piped stdout"));
+        let lines = spawn_line_reader(child.0.stdout.take().expect("stdout was piped above"));
         let mut mqtt = None;
         let mut http = None;
         let deadline = Instant::now() + START_TIMEOUT;
@@ -214,7 +219,10 @@ impl Node {
         let url = format!("http://{}{path}", self.http);
         let (code, body) =
             roost_gateway::status::http_get(&url).unwrap_or_else(|e| panic!("GET {url}: {e:#}"));
-        (code, String::from_utf8(body).expect("UTF-8 body"))
+        (
+            code,
+            String::from_utf8(body).expect("the node answers UTF-8 (JSON, text, HTML)"),
+        )
     }
 
     /// `GET /health` as JSON, with its status code.
@@ -231,7 +239,11 @@ impl Node {
         let (_, text) = self.get("/metrics");
         text.lines()
             .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-            .map(|v| v.trim().parse().expect("metric value"))
+            .map(|v| {
+                v.trim()
+                    .parse()
+                    .expect("a Prometheus sample value is a number")
+            })
             .unwrap_or(0.0)
     }
 
@@ -291,7 +303,7 @@ pub fn signal(pid: u32, name: &str) {
         .arg(format!("-{name}"))
         .arg(pid.to_string())
         .status()
-        .expect("run kill");
+        .expect("the kill command is installed");
     assert!(status.success(), "kill -{name} {pid} failed");
 }
 
@@ -299,7 +311,7 @@ pub fn signal(pid: u32, name: &str) {
 pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + limit;
     loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
+        if let Some(status) = child.try_wait().expect("the child is ours to wait for") {
             return Some(status);
         }
         if Instant::now() >= deadline {
@@ -357,7 +369,7 @@ impl MosquittoSub {
             .stderr(Stdio::null())
             .spawn()
             .expect("mosquitto_sub is installed (apt-get install mosquitto-clients)");
-        let lines = spawn_line_reader(child.stdout.take().expect("piped stdout"));
+        let lines = spawn_line_reader(child.stdout.take().expect("stdout was piped above"));
         let mut sub = MosquittoSub { child, lines };
         sub.wait_for(|l| l.starts_with("Subscribed (mid:"), "SUBACK");
         sub
@@ -464,7 +476,7 @@ pub fn roost(args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(roost_bin())
         .args(args)
         .output()
-        .expect("run roost");
+        .expect("the roost binary runs");
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -474,9 +486,10 @@ pub fn roost(args: &[&str]) -> (Option<i32>, String, String) {
 
 /// Writes `contents` to a file named `name` in a new temp dir; keep the dir alive.
 pub fn temp_file(name: &str, contents: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = tempfile::tempdir().expect("a writable temp dir");
     let path = dir.path().join(name);
-    let mut f = std::fs::File::create(&path).expect("create");
-    f.write_all(contents.as_bytes()).expect("write");
+    let mut f = std::fs::File::create(&path).expect("a file in a fresh temp dir is creatable");
+    f.write_all(contents.as_bytes())
+        .expect("a file in a fresh temp dir is writable");
     (dir, path)
 }

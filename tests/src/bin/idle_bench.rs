@@ -3,6 +3,9 @@
 //! on free ports), lets it settle, then reads its resident memory and the CPU time it used
 //! over a window from /proc. Prints a table; asserts nothing.
 //!
+//! Panics: a benchmark, not a service; each `expect` names what it needs (Linux /proc, getconf,
+//! a node that starts) and stops the run with that message.
+//!
 //! Run: `cargo build --release --workspace --bins && ROOST_BIN=target/release/roost
 //! cargo run --release -p roost-tests --bin idle_bench -- [WINDOW_SECONDS]`
 
@@ -68,7 +71,8 @@ fn measure(pid: u32, window: Duration, ticks: f64) -> Footprint {
     std::thread::sleep(window);
     let cpu_after = cpu_ticks(pid);
     let elapsed = started.elapsed().as_secs_f64();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("Linux /proc/<pid>/status of a running process");
     let field = |name: &str| -> u64 {
         status
             .lines()
@@ -87,20 +91,29 @@ fn measure(pid: u32, window: Duration, ticks: f64) -> Footprint {
 
 /// User plus system CPU time of a process, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("process stat");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .expect("Linux /proc/<pid>/stat of a running process");
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = &stat[stat.rfind(')').expect("stat has a command name") + 2..];
+    let rest = &stat[stat
+        .rfind(')')
+        .expect("/proc/<pid>/stat holds the command name in parentheses")
+        + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+    fields[11]
+        .parse::<u64>()
+        .expect("field 14 of /proc/<pid>/stat is utime")
+        + fields[12]
+            .parse::<u64>()
+            .expect("field 15 of /proc/<pid>/stat is stime")
 }
 
 fn clock_ticks() -> f64 {
     let out = Command::new("getconf")
         .arg("CLK_TCK")
         .output()
-        .expect("getconf");
+        .expect("getconf is installed (libc-bin)");
     String::from_utf8_lossy(&out.stdout)
         .trim()
         .parse()
-        .expect("CLK_TCK")
+        .expect("getconf CLK_TCK prints a number")
 }

@@ -13,6 +13,9 @@
 //!   subscriber: messages lost, and the broker's peak RSS (`msg/s` column: delivered per second);
 //! - RSS of the broker holding the 10,000 retained messages, after the runs above.
 //!
+//! Panics: a benchmark, not a service; each `expect` names what it needs (a broker that
+//! accepts the clients' packets) and stops the run with that message.
+//!
 //! Prints a table; asserts nothing. Run:
 //! `cargo build --release --workspace --bins && target/release/mqtt_bench [LATENCY_N] [THROUGHPUT_N]`
 
@@ -53,7 +56,7 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .expect("runtime");
+        .expect("a tokio runtime can be built");
 
     let roost = Node::builder("bench").start();
     let mosquitto = Mosquitto::start();
@@ -169,8 +172,8 @@ async fn latency_run(port: u16, qos: QoS, n: usize, nodelay: bool) -> Figures {
     });
     sub.subscribe("bench/latency", qos)
         .await
-        .expect("subscribe");
-    ready.await.expect("SUBACK");
+        .expect("the broker takes the SUBSCRIBE");
+    ready.await.expect("the broker answers SUBACK");
     let (publisher, _) = client(port, "bench-lat-pub", nodelay, |_, _| {});
     let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / LATENCY_RATE));
     let sender = async {
@@ -179,7 +182,7 @@ async fn latency_run(port: u16, qos: QoS, n: usize, nodelay: bool) -> Figures {
             publisher
                 .publish("bench/latency", qos, false, stamped(epoch))
                 .await
-                .expect("publish");
+                .expect("the client queue accepts the publish");
         }
     };
     let collect = async { tokio::time::timeout(RUN_LIMIT, done_rx).await };
@@ -227,8 +230,11 @@ impl Counting {
                 Ordering::Relaxed,
             );
         });
-        client.subscribe(filter, qos).await.expect("subscribe");
-        ready.await.expect("SUBACK");
+        client
+            .subscribe(filter, qos)
+            .await
+            .expect("the broker takes the SUBSCRIBE");
+        ready.await.expect("the broker answers SUBACK");
         Counting {
             client,
             start,
@@ -277,7 +283,7 @@ async fn throughput_run(port: u16, qos: QoS, n: usize) -> Figures {
         publisher
             .publish("bench/throughput", qos, false, payload.clone())
             .await
-            .expect("publish");
+            .expect("the client queue accepts the publish");
     }
     let figures = sub.finish(n, first_send).await;
     let _ = publisher.disconnect().await;
@@ -310,7 +316,7 @@ async fn store_retained(port: u16, n: usize) {
         publisher
             .publish(topic, QoS::AtLeastOnce, true, vec![b'r'; PAYLOAD])
             .await
-            .expect("publish");
+            .expect("the client queue accepts the publish");
     }
     let _ = tokio::time::timeout(RUN_LIMIT, done_rx).await;
     let _ = publisher.disconnect().await;
@@ -334,7 +340,7 @@ async fn retained_run(port: u16, qos: QoS, n: usize) -> Figures {
     let start = Instant::now();
     sub.subscribe("bench/retained/#", qos)
         .await
-        .expect("subscribe");
+        .expect("the broker takes the SUBSCRIBE");
     // A broker that delivers fewer than `n` never completes; give it 10 s.
     let done = tokio::time::timeout(Duration::from_secs(10), done_rx).await;
     let _ = sub.disconnect().await;
@@ -366,7 +372,7 @@ async fn burst_run(port: u16, publishers: usize, each: usize) -> Figures {
                     payload.clone(),
                 )
                 .await
-                .expect("publish");
+                .expect("the client queue accepts the publish");
         }
         publisher
     });
