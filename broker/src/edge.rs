@@ -678,8 +678,8 @@ impl Edge {
         // rumqttd never sees a will: it misfires them on client-id takeover (RUMQTTD.md,
         // defect 6). The edge fires the will itself when the session ends (below).
         let first_header = frame::parse_header(&first, usize::MAX).ok().flatten();
-        let mut first = match first_header.and_then(|h| frame::prepare_connect(&first, &h)) {
-            Some(stripped) => stripped,
+        let first = match first_header.and_then(|h| frame::prepare_connect(&first, &h)) {
+            Some(prepared) => prepared,
             None => return self.protocol_error(FrameError::Malformed("CONNECT")),
         };
         // A new connection for this client id settles a will waiting out its delay: a resumed
@@ -690,20 +690,6 @@ impl Edge {
             .connected(&connect.client_id, connect.clean_start);
         if cancelled {
             self.metrics.wills.with_label_values(&["cancelled"]).inc();
-        }
-        // The connect flags sit after the protocol name and level.
-        let flags_at = frame::parse_header(&first, usize::MAX)
-            .ok()
-            .flatten()
-            .map(|h| h.header_len + 7);
-        // Keep-alive 0 ("no keep-alive") is valid MQTT, but rumqttd closes such a connection
-        // without a CONNACK (RUMQTTD.md, defect 11). It gets the longest keep-alive instead:
-        // rumqttd then drops the client only after about 27 hours of complete silence.
-        if let Some(at) = flags_at {
-            if first.get(at + 1..at + 3) == Some(&[0, 0]) {
-                first[at + 1] = 0xff;
-                first[at + 2] = 0xff;
-            }
         }
         if let Err(e) = upstream.write_all(&first).await {
             self.lock_sessions().disconnected(&connect.client_id);
