@@ -324,10 +324,13 @@ impl Deliveries {
     /// Drops queued retained copies of `topic`: a live message on it is passing, and an older
     /// retained value must not arrive after it.
     fn superseded(&mut self, topic: &[u8]) {
-        if !self.queue.is_empty() {
-            self.queue
-                .retain(|(stored, _)| stored.topic() != Some(topic));
-        }
+        self.queue
+            .retain(|(stored, _)| stored.topic() != Some(topic));
+    }
+
+    /// Whether retained deliveries wait in the queue.
+    fn has_queued(&self) -> bool {
+        !self.queue.is_empty()
     }
 
     /// Whether a delivery can be written now.
@@ -384,29 +387,13 @@ fn first_edge_pkid() -> u16 {
 /// A retained message as the client receives it: retain set, at `qos` with `pkid`, in the
 /// client's protocol generation.
 fn delivery(stored: &Stored, qos: u8, pkid: u16, v311: bool) -> Result<Vec<u8>, FrameError> {
-    let header =
-        frame::parse_header(&stored.packet, usize::MAX)?.ok_or(FrameError::Malformed("stored"))?;
-    let body = stored
-        .packet
-        .get(header.header_len..header.total_len())
-        .ok_or(FrameError::Malformed("stored"))?;
-    let topic_end = 2 + usize::from(u16::from_be_bytes([
-        *body.first().ok_or(FrameError::Malformed("stored"))?,
-        *body.get(1).ok_or(FrameError::Malformed("stored"))?,
-    ]));
-    let (topic, rest) = body.split_at(topic_end.min(body.len()));
-    let mut out = Vec::with_capacity(body.len() + 2);
-    out.extend_from_slice(topic);
-    if qos > 0 {
-        out.extend_from_slice(&pkid.to_be_bytes());
-    }
-    out.extend_from_slice(rest);
-    let v5 = frame::packet(0x30 | (qos << 1) | 0x01, &out);
-    if !v311 {
-        return Ok(v5);
-    }
-    let v5_header = frame::parse_header(&v5, usize::MAX)?.ok_or(FrameError::Malformed("stored"))?;
-    translate::server_to_v311(&v5, &v5_header)?.ok_or(FrameError::Malformed("stored"))
+    let parts = stored.parts().ok_or(FrameError::Malformed("stored"))?;
+    let delivered = frame::PublishParts {
+        packet_id: (qos > 0).then_some(pkid),
+        properties: if v311 { &[] } else { parts.properties },
+        ..parts
+    };
+    Ok(delivered.encode(0x30 | (qos << 1) | 0x01))
 }
 
 /// What the edge requires of a client's PUBLISH before it may change the retained set or
@@ -429,8 +416,9 @@ fn check_publish(
     }
     if v5 {
         let mut allowed = true;
-        let walked = frame::publish_properties(packet, header)
-            .and_then(|block| frame::walk_properties(block, |id, _| allowed &= id != 0x0b));
+        let walked = frame::PublishParts::split(packet, header, true).and_then(|parts| {
+            frame::walk_properties(parts.properties, |id, _| allowed &= id != 0x0b)
+        });
         if walked.is_none() || !allowed {
             return Err(FrameError::Malformed("PUBLISH properties"));
         }
@@ -1039,13 +1027,9 @@ impl Edge {
                     }
                     kind::PUBLISH => {
                         delivered.inc();
-                        if complete {
-                            let topic_end = header.header_len + 2;
-                            if let Some(len) = packet.get(header.header_len..topic_end) {
-                                let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
-                                if let Some(topic) = packet.get(topic_end..topic_end + len) {
-                                    deliveries.superseded(topic);
-                                }
+                        if complete && deliveries.has_queued() {
+                            if let Some(parts) = frame::PublishParts::split(packet, &header, true) {
+                                deliveries.superseded(parts.topic);
                             }
                         }
                     }

@@ -169,14 +169,15 @@ impl Will {
     /// The will as an MQTT 5 PUBLISH at QoS 0, retain clear, with its properties less the
     /// will delay (which is no publish property).
     pub fn to_publish(&self) -> Vec<u8> {
-        let props = filter_properties(&self.properties, |id| id != 0x18).unwrap_or_else(|| vec![0]);
-        let mut body = Vec::with_capacity(self.topic.len() + props.len() + self.payload.len() + 8);
-        let topic = &self.topic.as_bytes()[..self.topic.len().min(usize::from(u16::MAX))];
-        body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
-        body.extend_from_slice(topic);
-        body.extend_from_slice(&props);
-        body.extend_from_slice(&self.payload);
-        packet(0x30, &body)
+        let properties =
+            filter_properties(&self.properties, |id| id != 0x18).unwrap_or_else(|| vec![0]);
+        PublishParts {
+            topic: self.topic.as_bytes(),
+            packet_id: None,
+            properties: &properties,
+            payload: &self.payload,
+        }
+        .encode(0x30)
     }
 
     /// Whether the will's properties are well formed and all allowed in a will (MQTT 5
@@ -229,16 +230,6 @@ pub fn filter_properties(block: &[u8], keep: impl Fn(u8) -> bool) -> Option<Vec<
     push_varint(&mut out, kept.len());
     out.extend_from_slice(&kept);
     Some(out)
-}
-
-/// The property block of an MQTT 5 PUBLISH (length field included).
-pub fn publish_properties<'a>(packet: &'a [u8], header: &Header) -> Option<&'a [u8]> {
-    let body = packet.get(header.header_len..header.total_len())?;
-    let topic_len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
-    let qos = (header.byte1 >> 1) & 0x03;
-    let at = 2 + topic_len + if qos > 0 { 2 } else { 0 };
-    let len = property_block_len(body.get(at..)?)?;
-    body.get(at..at + len)
 }
 
 /// The bytes after a variable byte integer at the start of `bytes`.
@@ -459,34 +450,79 @@ pub struct PublishInfo {
     pub empty: bool,
 }
 
+/// The parts of a PUBLISH packet, borrowed from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishParts<'a> {
+    /// The topic name, as bytes (empty when an MQTT 5 client uses a topic alias instead).
+    pub topic: &'a [u8],
+    /// The packet id, present at QoS 1 and 2.
+    pub packet_id: Option<u16>,
+    /// The MQTT 5 property block, its length field included; empty for MQTT 3.1.1.
+    pub properties: &'a [u8],
+    /// The payload.
+    pub payload: &'a [u8],
+}
+
+impl<'a> PublishParts<'a> {
+    /// Splits a PUBLISH (the whole packet) of MQTT 5 (`v5`) or 3.1.1; `None` when it is cut
+    /// short or inconsistent.
+    pub fn split(packet: &'a [u8], header: &Header, v5: bool) -> Option<Self> {
+        let body = packet.get(header.header_len..header.total_len())?;
+        let topic_end = 2 + usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
+        let topic = body.get(2..topic_end)?;
+        let (packet_id, props_at) = if (header.byte1 >> 1) & 0x03 > 0 {
+            let id = body.get(topic_end..topic_end + 2)?;
+            (Some(u16::from_be_bytes([id[0], id[1]])), topic_end + 2)
+        } else {
+            (None, topic_end)
+        };
+        let props_len = if v5 {
+            property_block_len(body.get(props_at..)?)?
+        } else {
+            0
+        };
+        Some(PublishParts {
+            topic,
+            packet_id,
+            properties: body.get(props_at..props_at + props_len)?,
+            payload: body.get(props_at + props_len..)?,
+        })
+    }
+
+    /// Encodes these parts as a PUBLISH with first byte `byte1` (type, DUP, QoS, RETAIN); the
+    /// packet id is written when present, the property block as given (empty for 3.1.1).
+    pub fn encode(&self, byte1: u8) -> Vec<u8> {
+        let topic = &self.topic[..self.topic.len().min(usize::from(u16::MAX))];
+        let mut body =
+            Vec::with_capacity(topic.len() + self.properties.len() + self.payload.len() + 4);
+        body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+        body.extend_from_slice(topic);
+        if let Some(id) = self.packet_id {
+            body.extend_from_slice(&id.to_be_bytes());
+        }
+        body.extend_from_slice(self.properties);
+        body.extend_from_slice(self.payload);
+        packet(byte1, &body)
+    }
+}
+
 /// Reads a PUBLISH packet (the whole packet, fixed header included) of the given protocol.
 pub fn parse_publish(
     packet: &[u8],
     header: &Header,
     protocol: Protocol,
 ) -> Result<PublishInfo, FrameError> {
-    let flags = header.byte1 & 0x0f;
-    let qos = (flags >> 1) & 0x03;
-    if qos == 3 {
-        return Err(FrameError::Malformed("PUBLISH"));
+    let malformed = FrameError::Malformed("PUBLISH");
+    if (header.byte1 >> 1) & 0x03 == 3 {
+        return Err(malformed);
     }
-    let mut r = Reader {
-        buf: packet
-            .get(header.header_len..header.total_len())
-            .ok_or(FrameError::Malformed("PUBLISH"))?,
-        what: "PUBLISH",
-    };
-    let topic = r.string()?;
-    if qos > 0 {
-        r.u16()?;
-    }
-    if protocol == Protocol::V5 {
-        r.skip_properties()?;
-    }
+    let parts =
+        PublishParts::split(packet, header, protocol == Protocol::V5).ok_or(malformed.clone())?;
+    let topic = std::str::from_utf8(parts.topic).map_err(|_| malformed)?;
     Ok(PublishInfo {
-        topic,
-        retain: flags & 0x01 != 0,
-        empty: r.buf.is_empty(),
+        topic: topic.to_owned(),
+        retain: header.byte1 & 0x01 != 0,
+        empty: parts.payload.is_empty(),
     })
 }
 
@@ -676,6 +712,30 @@ mod tests {
             filter_properties(&block, |id| id != 0x23),
             Some(vec![6, 0x03, 0, 1, b't', 0x01, 1])
         );
+    }
+
+    #[test]
+    fn publish_parts_split_and_encode() {
+        // MQTT 5, QoS 1, topic "a/b", packet id 7, one property (payload format), payload "on".
+        let p = packet(
+            0x33,
+            &[0, 3, b'a', b'/', b'b', 0, 7, 2, 0x01, 1, b'o', b'n'],
+        );
+        let parts = PublishParts::split(&p, &header(&p), true).unwrap();
+        assert_eq!(parts.topic, b"a/b");
+        assert_eq!(parts.packet_id, Some(7));
+        assert_eq!(parts.properties, &[2, 0x01, 1]);
+        assert_eq!(parts.payload, b"on");
+        assert_eq!(parts.encode(0x33), p);
+        // The same bytes read as 3.1.1: no property block, the rest is payload.
+        let v4 = PublishParts::split(&p, &header(&p), false).unwrap();
+        assert_eq!(v4.payload, &[2, 0x01, 1, b'o', b'n']);
+        assert!(PublishParts::split(
+            &packet(0x30, &[0, 9, b'a']),
+            &header(&packet(0x30, &[0, 9, b'a'])),
+            true
+        )
+        .is_none());
     }
 
     #[test]

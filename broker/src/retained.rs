@@ -17,7 +17,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
-use crate::frame::{Header, PublishInfo};
+use crate::frame::{Header, PublishInfo, PublishParts};
 
 /// topic → the message's QoS (one byte), then the message as an MQTT 5 PUBLISH packet (QoS 0,
 /// retain set, properties kept).
@@ -41,21 +41,20 @@ pub(crate) struct Stored {
 }
 
 impl Stored {
-    /// The message's topic.
-    pub(crate) fn topic(&self) -> Option<&[u8]> {
+    /// The stored packet's parts.
+    pub(crate) fn parts(&self) -> Option<PublishParts<'_>> {
         let header = crate::frame::parse_header(&self.packet, usize::MAX).ok()??;
-        let body = self.packet.get(header.header_len..)?;
-        let len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
-        body.get(2..2 + len)
+        PublishParts::split(&self.packet, &header, true)
     }
 
-    /// The message's payload, behind its topic and properties.
+    /// The message's topic.
+    pub(crate) fn topic(&self) -> Option<&[u8]> {
+        self.parts().map(|p| p.topic)
+    }
+
+    /// The message's payload.
     pub(crate) fn payload(&self) -> Option<&[u8]> {
-        let header = crate::frame::parse_header(&self.packet, usize::MAX).ok()??;
-        let body = self.packet.get(header.header_len..header.total_len())?;
-        let topic_end = 2 + usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
-        let props = crate::frame::property_block_len(body.get(topic_end..)?)?;
-        body.get(topic_end + props..)
+        self.parts().map(|p| p.payload)
     }
 }
 
@@ -125,31 +124,28 @@ pub(crate) fn change_of(info: &PublishInfo, v5_packet: &[u8], header: &Header) -
 /// and without the properties that belong to the publisher's connection (Topic Alias,
 /// Subscription Identifier), which would mean something else to each subscriber.
 fn stored_form(packet: &[u8], header: &Header) -> Option<Vec<u8>> {
-    let body = packet.get(header.header_len..header.total_len())?;
-    let topic_len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
-    let qos = (header.byte1 >> 1) & 0x03;
-    let after_topic = 2 + topic_len;
-    let props_at = after_topic + if qos > 0 { 2 } else { 0 };
-    let props_len = crate::frame::property_block_len(body.get(props_at..)?)?;
-    let props = crate::frame::filter_properties(body.get(props_at..props_at + props_len)?, |id| {
-        id != 0x23 && id != 0x0b
-    })?;
-    let mut out = Vec::with_capacity(body.len());
-    out.extend_from_slice(body.get(..after_topic)?);
-    out.extend_from_slice(&props);
-    out.extend_from_slice(body.get(props_at + props_len..)?);
-    Some(crate::frame::packet(0x31, &out))
+    let parts = PublishParts::split(packet, header, true)?;
+    let properties =
+        crate::frame::filter_properties(parts.properties, |id| id != 0x23 && id != 0x0b)?;
+    Some(
+        PublishParts {
+            packet_id: None,
+            properties: &properties,
+            ..parts
+        }
+        .encode(0x31),
+    )
 }
 
 /// An MQTT 5 PUBLISH (QoS 0, retained, no properties) of `payload` on `topic`.
 pub(crate) fn publish_packet(topic: &str, payload: &[u8]) -> Vec<u8> {
-    let topic = &topic.as_bytes()[..topic.len().min(usize::from(u16::MAX))];
-    let mut body = Vec::with_capacity(topic.len() + payload.len() + 3);
-    body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
-    body.extend_from_slice(topic);
-    body.push(0);
-    body.extend_from_slice(payload);
-    crate::frame::packet(0x31, &body)
+    PublishParts {
+        topic: topic.as_bytes(),
+        packet_id: None,
+        properties: &[0],
+        payload,
+    }
+    .encode(0x31)
 }
 
 impl Retained {

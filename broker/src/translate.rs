@@ -16,10 +16,7 @@ pub(crate) fn client_to_v5(packet: &[u8], header: &Header) -> Result<Vec<u8>, Fr
     let body = body(packet, header)?;
     let out = match header.kind() {
         kind::CONNECT => connect_to_v5(body)?,
-        kind::PUBLISH => {
-            let at = publish_header_len(body, header)?;
-            insert(body, at, &[0])
-        }
+        kind::PUBLISH => return republish(packet, header, false, &[0]),
         // SUBSCRIBE and UNSUBSCRIBE: a property block after the packet id. The subscription
         // options byte of 3.1.1 (QoS, reserved bits zero) is a valid MQTT 5 options byte.
         kind::SUBSCRIBE | kind::UNSUBSCRIBE => {
@@ -45,11 +42,7 @@ pub(crate) fn server_to_v311(
             check_len(body, 2, "CONNACK")?;
             vec![body[0] & 0x01, connack_code(body[1])]
         }
-        kind::PUBLISH => {
-            let at = publish_header_len(body, header)?;
-            let props = props_len(&body[at..], "PUBLISH")?;
-            [&body[..at], &body[at + props..]].concat()
-        }
+        kind::PUBLISH => return republish(packet, header, true, &[]).map(Some),
         kind::SUBACK => {
             check_len(body, 2, "SUBACK")?;
             let props = props_len(&body[2..], "SUBACK")?;
@@ -108,14 +101,20 @@ fn connack_code(reason: u8) -> u8 {
     }
 }
 
-/// The length of a PUBLISH's topic and packet id, where its properties start in MQTT 5.
-fn publish_header_len(body: &[u8], header: &Header) -> Result<usize, FrameError> {
-    check_len(body, 2, "PUBLISH")?;
-    let topic = usize::from(u16::from_be_bytes([body[0], body[1]]));
-    let qos = (header.byte1 >> 1) & 0x03;
-    let at = 2 + topic + if qos > 0 { 2 } else { 0 };
-    check_len(body, at, "PUBLISH")?;
-    Ok(at)
+/// A PUBLISH read as MQTT 5 (`v5`) or 3.1.1 and written back with `properties` instead.
+fn republish(
+    packet: &[u8],
+    header: &Header,
+    v5: bool,
+    properties: &[u8],
+) -> Result<Vec<u8>, FrameError> {
+    let parts =
+        frame::PublishParts::split(packet, header, v5).ok_or(FrameError::Malformed("PUBLISH"))?;
+    Ok(frame::PublishParts {
+        properties,
+        ..parts
+    }
+    .encode(header.byte1))
 }
 
 /// The size of the property block (length field included) at the start of `bytes`.
