@@ -433,8 +433,13 @@ fn edge_pkid(packet: &[u8], header: &Header) -> Option<u16> {
     (pkid >= FIRST_EDGE_PKID).then_some(pkid)
 }
 
-/// The packet id and the filters (with their options) of an MQTT 5 SUBSCRIBE.
-fn subscribe_filters(packet: &[u8], header: &Header) -> Option<(u16, Vec<(String, u8)>)> {
+/// The packet id and filters of an MQTT 5 SUBSCRIBE (`with_options`: each filter followed
+/// by its options byte) or UNSUBSCRIBE (filters only; their options come back as 0).
+fn filter_list(
+    packet: &[u8],
+    header: &Header,
+    with_options: bool,
+) -> Option<(u16, Vec<(String, u8)>)> {
     let body = packet.get(header.header_len..header.total_len())?;
     let pkid = u16::from_be_bytes([*body.first()?, *body.get(1)?]);
     let mut at = 2 + frame::property_block_len(body.get(2..)?)?;
@@ -442,28 +447,16 @@ fn subscribe_filters(packet: &[u8], header: &Header) -> Option<(u16, Vec<(String
     while at < body.len() {
         let len = usize::from(u16::from_be_bytes([*body.get(at)?, *body.get(at + 1)?]));
         let filter = std::str::from_utf8(body.get(at + 2..at + 2 + len)?).ok()?;
-        let options = *body.get(at + 2 + len)?;
+        at += 2 + len;
+        let options = if with_options {
+            at += 1;
+            *body.get(at - 1)?
+        } else {
+            0
+        };
         filters.push((filter.to_owned(), options));
-        at += 3 + len;
     }
     Some((pkid, filters))
-}
-
-/// The filters of an MQTT 5 UNSUBSCRIBE.
-fn unsubscribe_filters(packet: &[u8], header: &Header) -> Option<Vec<String>> {
-    let body = packet.get(header.header_len..header.total_len())?;
-    let mut at = 2 + frame::property_block_len(body.get(2..)?)?;
-    let mut filters = Vec::new();
-    while at < body.len() {
-        let len = usize::from(u16::from_be_bytes([*body.get(at)?, *body.get(at + 1)?]));
-        filters.push(
-            std::str::from_utf8(body.get(at + 2..at + 2 + len)?)
-                .ok()?
-                .to_owned(),
-        );
-        at += 2 + len;
-    }
-    Some(filters)
 }
 
 /// The packet id and reason codes of an MQTT 5 SUBACK.
@@ -874,7 +867,7 @@ impl Edge {
                             Ok(Some(h)) => h,
                             _ => return self.protocol_error(FrameError::Malformed("SUBSCRIBE")),
                         };
-                        let Some((pkid, filters)) = subscribe_filters(v5_packet, &v5_header) else {
+                        let Some((pkid, filters)) = filter_list(v5_packet, &v5_header, true) else {
                             return self.protocol_error(FrameError::Malformed("SUBSCRIBE"));
                         };
                         // Told before the SUBSCRIBE goes on, so it is known when the SUBACK
@@ -885,7 +878,8 @@ impl Edge {
                         let filters = frame::parse_header(v5_packet, usize::MAX)
                             .ok()
                             .flatten()
-                            .and_then(|h| unsubscribe_filters(v5_packet, &h));
+                            .and_then(|h| filter_list(v5_packet, &h, false))
+                            .map(|(_, filters)| filters.into_iter().map(|(f, _)| f).collect());
                         match filters {
                             Some(filters) => {
                                 let _ = notes.send(Note::Unsubscribe(filters));

@@ -471,6 +471,18 @@ impl Mosquitto {
     }
 }
 
+/// A numeric field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`, `Threads:`...), in the units
+/// the kernel prints (kB for memory); 0 when the process or the field is gone.
+pub fn proc_status(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Runs `roost` with arguments to completion: exit code, stdout, stderr.
 pub fn roost(args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(roost_bin())

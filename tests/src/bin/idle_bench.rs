@@ -71,16 +71,7 @@ fn measure(pid: u32, window: Duration, ticks: f64) -> Footprint {
     std::thread::sleep(window);
     let cpu_after = cpu_ticks(pid);
     let elapsed = started.elapsed().as_secs_f64();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .expect("Linux /proc/<pid>/status of a running process");
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
+    let field = |name: &str| roost_tests::proc_status(pid, name);
     Footprint {
         rss_mib: field("VmRSS:") as f64 / 1024.0,
         peak_rss_mib: field("VmHWM:") as f64 / 1024.0,

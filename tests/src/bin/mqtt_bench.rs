@@ -386,15 +386,6 @@ async fn burst_run(port: u16, publishers: usize, each: usize) -> Figures {
 
 /// Resident and peak resident memory of a process, in MiB.
 fn memory_mib(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| -> f64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    let mib = |field| roost_tests::proc_status(pid, field) as f64 / 1024.0;
+    (mib("VmRSS:"), mib("VmHWM:"))
 }
