@@ -41,7 +41,8 @@ pub struct Member {
     pub is_self: bool,
     /// Whether the member is seen online.
     pub online: bool,
-    /// `leader` or `follower`.
+    /// `leader` or `follower`, derived from the lease holder when a health snapshot is taken
+    /// (the stored members keep `follower`).
     pub role: &'static str,
 }
 
@@ -108,13 +109,6 @@ impl ClusterView {
     pub fn set_leader(&self, leader: Option<NodeId>, term: u64) {
         // A poisoned lock means a reader panicked; the view itself is still consistent.
         let mut v = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        for m in &mut v.members {
-            m.role = if leader.as_ref().is_some_and(|l| l.as_str() == m.id) {
-                "leader"
-            } else {
-                "follower"
-            };
-        }
         v.leader = leader;
         v.term = term;
     }
@@ -141,7 +135,19 @@ impl ClusterView {
                 healthy_nodes,
                 leader: v.leader.as_ref().map(ToString::to_string),
                 term: v.term,
-                members: v.members.clone(),
+                // A member's role follows from who holds the lease.
+                members: v
+                    .members
+                    .iter()
+                    .map(|m| Member {
+                        role: if v.leader.as_ref().is_some_and(|l| l.as_str() == m.id) {
+                            "leader"
+                        } else {
+                            "follower"
+                        },
+                        ..m.clone()
+                    })
+                    .collect(),
             }
         })
     }
