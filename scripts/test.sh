@@ -6,8 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
-command -v mosquitto_sub >/dev/null 2>&1 || missing+=(mosquitto-clients)
+{ command -v mosquitto_pub && command -v mosquitto_sub; } >/dev/null 2>&1 || missing+=(mosquitto-clients)
 command -v stdbuf >/dev/null 2>&1 || missing+=(coreutils)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if ((${#missing[@]})); then
