@@ -1,32 +1,27 @@
 //! The in-process MQTT client the rest of the node uses: publish (retained or not) and
-//! subscribe, without a socket. Publishes go through one rumqttd link driven by a thread of
-//! its own (rumqttd's link sends can block); each subscription gets a link of its own, so
-//! overlapping filters never deliver a message twice to one subscriber.
+//! subscribe, without a socket. Publishes enter through the same [`Intake`] as network
+//! clients' (retained set first, then the router); each subscription gets a router link of its
+//! own, so overlapping filters never deliver a message twice to one subscriber.
 //!
-//! Must not be used for traffic that needs QoS 1/2 or a will; those arrive with the edge's
-//! own sessions (docs/broker.md).
+//! Everything here is QoS 0 inside the process: nothing is lost between the router and a
+//! subscription that keeps reading, and a subscription that stops reading holds its link.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rumqttd::local::{LinkRx, LinkTx};
-use rumqttd::protocol::{Packet, Protocol as _, Publish};
-use rumqttd::Notification;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::embed::{
-    blocking, disconnect, link_error, send_blocking, LinkFactory, INTERNAL_ID_PREFIX,
-};
+use crate::embed::INTERNAL_ID_PREFIX;
+use crate::envelope::{Origin, Publication};
 use crate::error::{Error, Result};
+use crate::ingress::{next_forward, LinkKey};
+use crate::intake::Intake;
 use crate::metrics::BrokerMetrics;
-use crate::retained::{self, Change, Retained, Stored};
 
-/// Messages a subscription buffers before its link stops draining (backpressure).
+/// Messages a subscription buffers before its link stops draining.
 const SUBSCRIPTION_BUFFER: usize = 1024;
-/// Publishes queued toward the router before `publish` waits.
-const PUBLISH_BUFFER: usize = 1024;
 
 /// A message delivered to an in-process subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,14 +39,10 @@ pub struct BrokerClient {
 }
 
 struct Inner {
-    /// Feeds the publisher thread.
-    publish: mpsc::Sender<Packet>,
-    /// Opens the links of new subscriptions.
-    links: LinkFactory,
+    /// Where publishes enter and links are opened.
+    intake: Arc<Intake>,
     /// Counts messages in and out of the in-process client.
     metrics: BrokerMetrics,
-    /// The durable retained set, for retained publishes made here.
-    retained: Retained,
     /// Stops subscription tasks at shutdown.
     token: CancellationToken,
     /// Tracks subscription tasks so shutdown can wait for them.
@@ -77,41 +68,26 @@ impl Subscription {
 }
 
 impl BrokerClient {
-    /// Opens the publisher link and starts its thread. Called once by `Broker::start`.
-    pub(crate) async fn start(
-        links: LinkFactory,
+    /// The node's client over `intake`. Called once by `Broker::start`.
+    pub(crate) fn new(
+        intake: Arc<Intake>,
         metrics: BrokerMetrics,
-        retained: Retained,
         token: CancellationToken,
         tracker: TaskTracker,
-    ) -> Result<Self> {
-        let factory = links.clone();
-        let id = internal_id("publisher");
-        let link_id = id.clone();
-        let (link_tx, link_rx) = blocking(move || factory(&link_id)).await?;
-        let (publish, queue) = mpsc::channel(PUBLISH_BUFFER);
-        std::thread::Builder::new()
-            .name("roost-publisher".into())
-            .spawn(move || publisher(&id, link_tx, queue))
-            .map_err(|e| Error::Startup(format!("spawning the publisher thread: {e}")))?;
-        // The publisher link subscribes to nothing, but the router may still ask it to
-        // reschedule; drain it so it never stalls.
-        tracker.spawn(drain(link_rx, token.clone()));
-        Ok(BrokerClient {
+    ) -> Self {
+        BrokerClient {
             inner: Arc::new(Inner {
-                publish,
-                links,
+                intake,
                 metrics,
-                retained,
                 token,
                 tracker,
             }),
-        })
+        }
     }
 
     /// Publishes `payload` on `topic` at QoS 0, retained if asked. A retained message (or a
-    /// retained empty payload, which deletes one) is durable before it is routed. Resolves once the
-    /// message is queued for the router; waits if the queue is full.
+    /// retained empty payload, which deletes one) is durable before it is routed. Resolves once
+    /// the message is queued for the router; waits if the queue is full.
     pub async fn publish(
         &self,
         topic: &str,
@@ -119,45 +95,24 @@ impl BrokerClient {
         retain: bool,
     ) -> Result<()> {
         validate_topic(topic)?;
-        let payload = payload.into();
-        if retain && payload.is_empty() {
-            self.inner.retained.record(topic, Change::Delete).await;
-        } else if retain {
-            let stored = Stored {
-                qos: 0,
-                packet: retained::publish_packet(topic, &payload).into(),
-            };
-            self.inner.retained.record(topic, Change::Set(stored)).await;
-        }
-        // rumqttd keeps no retained messages: Roost does (retained.rs).
-        let publish = Publish::new(Bytes::copy_from_slice(topic.as_bytes()), payload, false);
-        self.route(Packet::Publish(publish, None)).await
-    }
-
-    /// Hands a publish to the publisher thread and counts it.
-    async fn route(&self, publish: Packet) -> Result<()> {
-        self.inner
-            .publish
-            .send(publish)
-            .await
-            .map_err(|_| Error::Closed)?;
+        let intake = &self.inner.intake;
+        let message = Publication {
+            topic: Bytes::copy_from_slice(topic.as_bytes()),
+            payload: payload.into(),
+            properties: Bytes::from_static(&[0]),
+            qos: 0,
+            retain,
+            origin: Origin::Node,
+            sequence: intake.next_sequence(),
+            expires_at: None,
+        };
+        intake.route(message).await?;
         self.inner
             .metrics
             .messages_received
-            .with_label_values(&["local"])
+            .with_label_values(&["local", "0"])
             .inc();
         Ok(())
-    }
-
-    /// Publishes an MQTT 5 PUBLISH packet as given (properties kept), at QoS 0 toward the
-    /// router. Used by the edge to fire wills. The caller keeps the retained set in step.
-    pub(crate) async fn publish_v5(&self, packet: &[u8]) -> Result<()> {
-        let mut buf = bytes::BytesMut::from(packet);
-        let publish = match rumqttd::protocol::v5::V5.read_mut(&mut buf, usize::MAX) {
-            Ok(publish @ Packet::Publish(..)) => publish,
-            _ => return Err(Error::BadPacket("PUBLISH")),
-        };
-        self.route(publish).await
     }
 
     /// Subscribes to `filter` (MQTT wildcards allowed) on a link of its own.
@@ -168,34 +123,28 @@ impl BrokerClient {
         if self.inner.token.is_cancelled() {
             return Err(Error::Closed);
         }
-        let id = internal_id(&format!("sub-{}", next_link_number()));
-        let links = self.inner.links.clone();
-        let owned_filter = filter.to_owned();
-        let link_id = id.clone();
-        let (link_tx, link_rx) = blocking(move || {
-            let (mut tx, rx) = links(&link_id)?;
-            tx.subscribe(owned_filter)
-                .map_err(|e| link_error(&link_id, e))?;
-            Ok((tx, rx))
-        })
-        .await?;
-        let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
-        let retained = self
-            .inner
-            .retained
-            .matching(filter)
+        let intake = &self.inner.intake;
+        let key = intake.next_key();
+        let id = format!("{INTERNAL_ID_PREFIX}n{key}");
+        let link = intake.ingress.open(key, id).await?;
+        intake.ingress.subscribe(key, filter.to_owned()).await?;
+        // Taken after the subscription is queued for the router: a retained message published
+        // meanwhile is in this snapshot or arrives live (edge.rs explains the order).
+        let retained = intake
+            .retained_for(filter, 0, None)
             .into_iter()
-            .filter_map(|(topic, stored)| {
-                let payload = Bytes::copy_from_slice(stored.payload()?);
-                Some(Message { topic, payload })
+            .map(|o| Message {
+                topic: String::from_utf8_lossy(&o.message.topic).into_owned(),
+                payload: o.message.payload,
             })
             .collect();
+        let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
         let task = SubscriptionTask {
-            id,
+            key,
             retained,
-            link_tx,
-            link_rx,
+            link,
             deliver: tx,
+            intake: intake.clone(),
             metrics: self.inner.metrics.clone(),
             token: self.inner.token.clone(),
         };
@@ -207,53 +156,21 @@ impl BrokerClient {
     }
 }
 
-/// Moves queued publishes into the router; ends when every client handle is dropped.
-fn publisher(id: &str, mut link: LinkTx, mut queue: mpsc::Receiver<Packet>) {
-    while let Some(packet) = queue.blocking_recv() {
-        if let Err(e) = send_blocking(id, &mut link, packet) {
-            tracing::error!(error = %e, "in-process publishes stop");
-            return;
-        }
-    }
-}
-
-/// Keeps a link that receives nothing of interest from stalling the router.
-async fn drain(mut link: LinkRx, token: CancellationToken) {
-    loop {
-        tokio::select! {
-            () = token.cancelled() => return,
-            next = link.next() => match next {
-                Ok(Some(Notification::Unschedule)) => {
-                    if link.wake().await.is_err() {
-                        return;
-                    }
-                }
-                Ok(Some(Notification::Disconnect(..))) => {
-                    tracing::error!("the router dropped the node's publisher link; in-process publishes are lost");
-                    return;
-                }
-                Ok(_) => {}
-                Err(_) => return,
-            },
-        }
-    }
-}
-
 /// Forwards one link's messages to its `Subscription`, after the retained ones.
 struct SubscriptionTask {
-    id: String,
+    key: LinkKey,
     /// Retained messages matching the filter when it was subscribed, delivered first.
     retained: Vec<Message>,
-    link_tx: LinkTx,
-    link_rx: LinkRx,
+    link: rumqttd::local::LinkRx,
     deliver: mpsc::Sender<Message>,
+    intake: Arc<Intake>,
     metrics: BrokerMetrics,
     token: CancellationToken,
 }
 
 impl SubscriptionTask {
     async fn run(mut self) {
-        let delivered = self.metrics.messages_sent.with_label_values(&["local"]);
+        let delivered = self.metrics.messages_sent.with_label_values(&["local", "0"]);
         for message in std::mem::take(&mut self.retained) {
             delivered.inc();
             if self.deliver.send(message).await.is_err() {
@@ -264,54 +181,29 @@ impl SubscriptionTask {
             let next = tokio::select! {
                 () = self.token.cancelled() => return,
                 () = self.deliver.closed() => break,
-                next = self.link_rx.next() => next,
+                next = next_forward(&mut self.link) => next,
             };
-            match next {
-                Ok(Some(Notification::Forward(forward))) => {
-                    let topic = String::from_utf8_lossy(&forward.publish.topic).into_owned();
-                    let message = Message {
-                        topic,
-                        payload: forward.publish.payload,
-                    };
-                    delivered.inc();
-                    if self.deliver.send(message).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(Some(Notification::Unschedule)) => {
-                    if self.link_rx.wake().await.is_err() {
-                        return;
-                    }
-                }
-                Ok(Some(Notification::Disconnect(..))) => {
-                    tracing::error!(link = %self.id, "the router dropped an in-process subscription");
-                    return;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(link = %self.id, error = %e, "in-process subscription ended");
-                    return;
-                }
+            let Some((topic, envelope)) = next else {
+                tracing::warn!(link = self.key, "an in-process subscription's link ended");
+                return;
+            };
+            let Some(message) = Publication::open(topic, envelope) else {
+                continue;
+            };
+            let message = Message {
+                topic: String::from_utf8_lossy(&message.topic).into_owned(),
+                payload: message.payload,
+            };
+            delivered.inc();
+            if self.deliver.send(message).await.is_err() {
+                break;
             }
         }
         // The subscriber went away: free the router's connection slot.
-        let mut link_tx = self.link_tx;
-        let id = self.id;
-        if let Err(e) = blocking(move || send_blocking(&id, &mut link_tx, disconnect())).await {
+        if let Err(e) = self.intake.ingress.close(self.key).await {
             tracing::debug!(error = %e, "closing an in-process subscription link");
         }
     }
-}
-
-/// A client id for one of the node's links, under the prefix the edge reserves.
-fn internal_id(name: &str) -> String {
-    format!("{INTERNAL_ID_PREFIX}{}-{name}", std::process::id())
-}
-
-fn next_link_number() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// Checks an MQTT topic name (for publishing).

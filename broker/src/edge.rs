@@ -1,36 +1,38 @@
-//! Roost's network edge: the public MQTT listener. Every client connection enters here. The
-//! edge enforces the connection limit, the CONNECT deadline and the packet size limit, hands
-//! every client to rumqttd's internal MQTT 5 server (translating for MQTT 3.1.1 clients, see
-//! `translate.rs`), watches every packet go by for metrics, keeps the retained set and
-//! delivers it on subscribe (`retained.rs`), and fires wills itself.
+//! Roost's network edge: the public MQTT listener and one task per client connection. The
+//! edge enforces the connection limit, the CONNECT deadline and the packet size limit, and
+//! runs each client's MQTT session itself (`session.rs`): CONNECT and takeover, keep-alive,
+//! the QoS 1/2 handshakes both ways, subscriptions with their MQTT 5 options, retained
+//! delivery on subscribe, wills and session expiry. rumqttd's router behind it only matches
+//! topics and fans messages out to the sessions' links (`ingress.rs`, `envelope.rs`).
 //!
 //! Bad input costs the sender its connection, with a log line and a metric; the node and every
 //! other client carry on.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::SocketAddr;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use socket2::{SockRef, TcpKeepalive};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{OwnedMutexGuard, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::client::BrokerClient;
+use crate::auth::{Authorizer, ClientInfo};
+use crate::codec::{self, InPublish, Inbound, SubRequest};
 use crate::embed::INTERNAL_ID_PREFIX;
-use crate::frame::{self, kind, Connect, FrameError, Header, Protocol};
+use crate::envelope::{now_ms, Origin, Publication};
+use crate::frame::{self, filter_properties, Connect, FrameError, Protocol, Will};
+use crate::intake::Intake;
 use crate::metrics::BrokerMetrics;
-use crate::retained::{self, Change, Retained, Stored};
+use crate::session::{Flow, Limits, Peer, PendingWill, Registry, Session, Subscription};
 use crate::settings::BrokerSettings;
-use crate::translate;
 
-/// Initial buffer per direction per connection; grows to the largest packet seen.
+/// Initial read buffer per connection; grows to the largest packet seen.
 const BUFFER: usize = 2048;
 /// TCP keepalive: an idle client that vanished (power cut, Wi-Fi gone) is found within about
 /// `KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_RETRIES` and its slot freed.
@@ -39,432 +41,82 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// Unanswered probes before the connection is dropped.
 const KEEPALIVE_RETRIES: u32 = 3;
-/// rumqttd numbers its outgoing QoS 1/2 publishes 1..=100 (`MAX_INFLIGHT` in its
-/// `router/iobufs.rs`); the edge's own deliveries use the ids above, so their acknowledgements
-/// are told apart and never reach rumqttd.
-const FIRST_EDGE_PKID: u16 = 101;
-/// Retained deliveries at QoS 1/2 in flight at once per connection. rumqttd's own (up to 100)
-/// come on top, and the client's MQTT 5 Receive Maximum is not read yet: kept small.
-const RETAINED_WINDOW: usize = 10;
-/// Retained deliveries written per turn of the connection loop, so acks and live traffic are
-/// served between batches.
-const RETAINED_BATCH: usize = 64;
 /// Keepalive probes are not sent while written data is unacknowledged; a client that vanished
 /// with messages on their way to it is dropped after this long instead of Linux's ~15 minutes.
 const USER_TIMEOUT: Duration = Duration::from_secs(90);
+/// Topic aliases an MQTT 5 client may use toward the broker (CONNACK Topic Alias Maximum).
+const TOPIC_ALIAS_MAXIMUM: u16 = 64;
+/// Session Expiry Interval meaning "never" (MQTT 5 §3.1.2.11.2).
+const NEVER: u32 = u32::MAX;
 
 /// Everything a connection task needs, shared by all of them.
 pub(crate) struct Edge {
     /// Limits and timeouts from the config.
     pub settings: BrokerSettings,
-    /// rumqttd's internal MQTT 5 server.
-    pub upstream: SocketAddr,
-    /// Counts connections, packets and bytes.
+    /// Counts connections, packets, bytes and drops.
     pub metrics: BrokerMetrics,
-    /// The durable retained set, fed from every publish and fired will.
-    pub retained: Retained,
-    /// Publishes the wills the edge fires.
-    pub client: BrokerClient,
-    /// The latest connection of each client id and the wills waiting out their delay.
-    pub sessions: Arc<std::sync::Mutex<Sessions>>,
-    /// Runs delayed wills beside the connections; they end at once on the shutdown token.
+    /// Where messages enter: the retained set and the router.
+    pub intake: Arc<Intake>,
+    /// Every session, by client id.
+    pub sessions: Registry,
+    /// Publishers wait here while a subscriber is congested.
+    pub flow: Flow,
+    /// Queue and window sizes.
+    pub limits: Limits,
+    /// Decides what each client may publish and subscribe to.
+    pub authorizer: Arc<dyn Authorizer>,
+    /// Runs drainers, delayed wills and expiry timers beside the connections.
     pub tracker: TaskTracker,
+    /// The node's shutdown.
+    pub shutdown: CancellationToken,
 }
 
-/// Why a connection ended, for the log and the metrics.
+/// Why a connection ended, for the log, the metrics and the will.
 #[derive(Debug)]
 enum End {
-    /// The client closed the connection or sent DISCONNECT.
-    Client,
-    /// rumqttd closed it (keep-alive expiry, its own checks, takeover).
-    Broker,
+    /// The client sent DISCONNECT; MQTT 5 reason 0x04 still asks for the will.
+    Disconnect { with_will: bool },
+    /// The client closed the connection without DISCONNECT.
+    Vanished,
+    /// Nothing arrived within 1.5 times the keep-alive.
+    KeepAlive,
+    /// A new connection took the session over.
+    TakenOver,
     /// The node is shutting down.
     Shutdown,
     /// The client broke the protocol.
     Protocol(FrameError),
     /// The client stopped reading: a write waited longer than `send_timeout`.
     SlowConsumer,
-    /// rumqttd sent something the edge cannot frame or translate (a bug on our side of the
-    /// edge, not the client's fault).
-    Upstream(FrameError),
+    /// The router could not take a message or a subscription (the node is stopping).
+    Broker,
     /// A socket failed.
     Io(std::io::Error),
 }
 
-/// Per client id: the latest connection, and a will waiting out its MQTT 5 Will Delay.
-#[derive(Default)]
-pub(crate) struct Sessions {
-    /// Numbers connections, so a connection can tell whether it was taken over.
-    next_generation: u64,
-    /// client id → (generation, Clean Start) of its latest connection, and how many of its
-    /// connections are still alive (an old one may still be ending).
-    latest: HashMap<String, (u64, bool, usize)>,
-    /// client id → its pending delayed will.
-    pending: HashMap<String, PendingWill>,
-}
-
-/// A will waiting out its delay.
-struct PendingWill {
-    /// The connection that left it.
-    generation: u64,
-    /// That connection's Clean Start, which settles any older will still to come.
-    clean_start: bool,
-    /// The session resumed (Clean Start 0): the will is not sent.
-    cancel: CancellationToken,
-    /// The session ended (Clean Start 1 reconnect): the will is sent now.
-    fire_now: CancellationToken,
-}
-
-/// What becomes of a will whose session ended with a delay still to run.
-enum WillFate {
-    /// A newer connection already took the session over: resumed, so no will.
-    Cancelled,
-    /// A newer connection started afresh: the old session is over, send the will now.
-    Now,
-    /// Nobody took over: wait out the delay.
-    Wait(CancellationToken, CancellationToken),
-}
-
-impl Sessions {
-    /// Registers a new connection; settles the pending will of its client id, if any.
-    /// Returns the connection's generation and whether a pending will was cancelled.
-    fn connected(&mut self, client_id: &str, clean_start: bool) -> (u64, bool) {
-        self.next_generation += 1;
-        let generation = self.next_generation;
-        if client_id.is_empty() {
-            return (generation, false);
-        }
-        let live = self.latest.get(client_id).map_or(0, |l| l.2);
-        self.latest
-            .insert(client_id.to_owned(), (generation, clean_start, live + 1));
-        let mut cancelled = false;
-        if let Some(pending) = self.pending.remove(client_id) {
-            if clean_start {
-                pending.fire_now.cancel();
-            } else {
-                pending.cancel.cancel();
-                cancelled = true;
-            }
-        }
-        (generation, cancelled)
-    }
-
-    /// A connection ended and leaves a will with a delay: what happens to it.
-    fn will_fate(&mut self, client_id: &str, generation: u64, clean_start: bool) -> WillFate {
-        // A newer connection's will is already waiting (its end was handled first): that
-        // connection took this session over, and its Clean Start settles this will.
-        if let Some(newer) = self
-            .pending
-            .get(client_id)
-            .filter(|p| p.generation > generation)
-        {
-            return if newer.clean_start {
-                WillFate::Now
-            } else {
-                WillFate::Cancelled
-            };
-        }
-        match self.latest.get(client_id) {
-            Some(&(latest, clean_start, _)) if latest != generation && !client_id.is_empty() => {
-                if clean_start {
-                    WillFate::Now
-                } else {
-                    WillFate::Cancelled
-                }
-            }
-            _ => {
-                let (cancel, fire_now) = (CancellationToken::new(), CancellationToken::new());
-                if !client_id.is_empty() {
-                    let pending = PendingWill {
-                        generation,
-                        clean_start,
-                        cancel: cancel.clone(),
-                        fire_now: fire_now.clone(),
-                    };
-                    if let Some(old) = self.pending.insert(client_id.to_owned(), pending) {
-                        old.cancel.cancel();
-                    }
-                }
-                WillFate::Wait(cancel, fire_now)
-            }
+impl End {
+    /// Whether the will is published (MQTT-3.1.2-8): every end but a normal DISCONNECT.
+    /// A node shutting down publishes none: its clients reconnect and say so themselves.
+    fn publishes_will(&self) -> bool {
+        match self {
+            End::Disconnect { with_will } => *with_will,
+            End::Shutdown => false,
+            _ => true,
         }
     }
 
-    /// A connection ended. The client id's entry stays while any of its connections is alive,
-    /// so an older one still ending is settled by the latest one's Clean Start.
-    fn disconnected(&mut self, client_id: &str) {
-        if let Some(entry) = self.latest.get_mut(client_id) {
-            entry.2 = entry.2.saturating_sub(1);
-            if entry.2 == 0 {
-                self.latest.remove(client_id);
-            }
+    /// The MQTT 5 DISCONNECT reason the server sends for this end, if it sends one.
+    fn reason_code(&self) -> Option<u8> {
+        match self {
+            End::KeepAlive => Some(0x8d),
+            End::TakenOver => Some(0x8e),
+            End::Shutdown => Some(0x8b),
+            End::Protocol(FrameError::TooLarge { .. }) => Some(0x95),
+            End::Protocol(FrameError::Malformed(_) | FrameError::MalformedLength) => Some(0x81),
+            End::Protocol(_) => Some(0x82),
+            _ => None,
         }
     }
-
-    /// A delayed will is done (sent or dropped): forget it if it is still this one.
-    fn settled(&mut self, client_id: &str, generation: u64) {
-        if self.pending.get(client_id).map(|p| p.generation) == Some(generation) {
-            self.pending.remove(client_id);
-        }
-    }
-}
-
-/// Publishes a will: into the retained set first when it is retained, then to subscribers.
-async fn fire_will(retained: &Retained, client: &BrokerClient, will: &frame::Will) -> bool {
-    let publish = will.to_publish();
-    if will.retain && will.payload.is_empty() {
-        retained.record(&will.topic, Change::Delete).await;
-    } else if will.retain {
-        // Stored as retained messages are: QoS 0 form with the retain flag, properties kept.
-        let mut packet = publish.clone();
-        packet[0] |= 0x01;
-        let stored = Stored {
-            qos: will.qos,
-            packet: packet.into(),
-        };
-        retained.record(&will.topic, Change::Set(stored)).await;
-    }
-    match client.publish_v5(&publish).await {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::warn!(topic = %will.topic, error = %e, "could not publish a will");
-            false
-        }
-    }
-}
-
-/// What the client half of a connection tells the broker half.
-enum Note {
-    /// The client subscribed with packet id `pkid`: once rumqttd's SUBACK for it is out,
-    /// deliver the retained messages the granted filters match.
-    Subscribe {
-        pkid: u16,
-        /// Each filter with its subscription options byte.
-        filters: Vec<(String, u8)>,
-    },
-    /// The client unsubscribed these filters (MQTT 5 Retain Handling 1 counts them new again).
-    Unsubscribe(Vec<String>),
-    /// The client finished one of the edge's deliveries (PUBACK, or PUBCOMP for QoS 2).
-    Done(u16),
-    /// The client sent PUBREC for one of the edge's QoS 2 deliveries: answer with PUBREL.
-    Received(u16),
-}
-
-/// Retained deliveries of one connection, owned by its broker half.
-struct Deliveries {
-    /// SUBSCRIBE packets waiting for rumqttd's SUBACK, by packet id.
-    pending: HashMap<u16, Vec<(String, u8)>>,
-    /// Filters this connection has subscribed to (for MQTT 5 Retain Handling 1).
-    subscribed: HashSet<String>,
-    /// Messages to deliver, with the QoS to deliver them at.
-    queue: VecDeque<(Stored, u8)>,
-    /// Packet ids of the edge's QoS 1/2 deliveries not yet finished.
-    inflight: HashSet<u16>,
-    /// The next packet id to try.
-    next_pkid: u16,
-    /// Bytes the edge generated (deliveries, PUBREL), written at the next packet boundary.
-    outbox: Vec<u8>,
-}
-
-impl Deliveries {
-    fn new() -> Self {
-        Deliveries {
-            pending: HashMap::new(),
-            subscribed: HashSet::new(),
-            queue: VecDeque::new(),
-            inflight: HashSet::new(),
-            next_pkid: first_edge_pkid(),
-            outbox: Vec::new(),
-        }
-    }
-
-    /// Applies what the client half said.
-    fn note(&mut self, note: Note) {
-        match note {
-            Note::Subscribe { pkid, filters } => {
-                self.pending.insert(pkid, filters);
-            }
-            Note::Unsubscribe(filters) => {
-                for filter in filters {
-                    self.subscribed.remove(&filter);
-                }
-            }
-            Note::Done(pkid) => {
-                self.inflight.remove(&pkid);
-            }
-            Note::Received(pkid) => {
-                self.outbox.extend_from_slice(&[0x62, 0x02]);
-                self.outbox.extend_from_slice(&pkid.to_be_bytes());
-            }
-        }
-    }
-
-    /// Queues the retained messages for a SUBSCRIBE that rumqttd acknowledged with `codes`.
-    fn granted(&mut self, retained: &Retained, pkid: u16, codes: &[u8]) {
-        let Some(filters) = self.pending.remove(&pkid) else {
-            return;
-        };
-        for ((filter, options), &code) in filters.into_iter().zip(codes) {
-            if code > 2 {
-                continue;
-            }
-            // MQTT 5 Retain Handling: 0 always, 1 only for a new subscription, 2 never.
-            let handling = (options >> 4) & 0x03;
-            let is_new = self.subscribed.insert(filter.clone());
-            if handling == 2 || (handling == 1 && !is_new) {
-                continue;
-            }
-            for (_, stored) in retained.matching(&filter) {
-                let qos = stored.qos.min(code);
-                self.queue.push_back((stored, qos));
-            }
-        }
-    }
-
-    /// Drops queued retained copies of `topic`: a live message on it is passing, and an older
-    /// retained value must not arrive after it.
-    fn superseded(&mut self, topic: &[u8]) {
-        self.queue
-            .retain(|(stored, _)| stored.topic() != Some(topic));
-    }
-
-    /// Whether retained deliveries wait in the queue.
-    fn has_queued(&self) -> bool {
-        !self.queue.is_empty()
-    }
-
-    /// Whether a delivery can be written now.
-    fn can_send(&self) -> bool {
-        match self.queue.front() {
-            Some((_, 0)) => true,
-            Some(_) => self.inflight.len() < RETAINED_WINDOW,
-            None => false,
-        }
-    }
-
-    /// Moves up to a batch of queued deliveries into the outbox.
-    fn fill(&mut self, v311: bool) -> Result<usize, FrameError> {
-        let mut written = 0;
-        while written < RETAINED_BATCH && self.can_send() {
-            let Some((stored, qos)) = self.queue.pop_front() else {
-                break;
-            };
-            let pkid = if qos > 0 { self.take_pkid() } else { 0 };
-            let packet = delivery(&stored, qos, pkid, v311)?;
-            self.outbox.extend_from_slice(&packet);
-            written += 1;
-        }
-        Ok(written)
-    }
-
-    fn take_pkid(&mut self) -> u16 {
-        loop {
-            let pkid = self.next_pkid;
-            self.next_pkid = if pkid == u16::MAX {
-                FIRST_EDGE_PKID
-            } else {
-                pkid + 1
-            };
-            if self.inflight.insert(pkid) {
-                return pkid;
-            }
-        }
-    }
-}
-
-/// Where a connection's own packet ids start: anywhere above rumqttd's range, so a client
-/// resuming a session is unlikely to hold an id of an unfinished QoS 2 flow from before.
-fn first_edge_pkid() -> u16 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let span = u32::from(u16::MAX - FIRST_EDGE_PKID) + 1;
-    // The remainder is below `span`, so the sum fits in a u16.
-    FIRST_EDGE_PKID + u16::try_from(nanos % span).unwrap_or(0)
-}
-
-/// A retained message as the client receives it: retain set, at `qos` with `pkid`, in the
-/// client's protocol generation.
-fn delivery(stored: &Stored, qos: u8, pkid: u16, v311: bool) -> Result<Vec<u8>, FrameError> {
-    let parts = stored.parts().ok_or(FrameError::Malformed("stored"))?;
-    let delivered = frame::PublishParts {
-        packet_id: (qos > 0).then_some(pkid),
-        properties: if v311 { &[] } else { parts.properties },
-        ..parts
-    };
-    Ok(delivered.encode(0x30 | (qos << 1) | 0x01))
-}
-
-/// What the edge requires of a client's PUBLISH before it may change the retained set or
-/// reach rumqttd: a valid topic name (empty only for an MQTT 5 topic alias), and for MQTT 5 a
-/// well-formed property block without a Subscription Identifier (server-to-client only).
-fn check_publish(
-    info: &frame::PublishInfo,
-    protocol: Protocol,
-    packet: &[u8],
-    header: &Header,
-) -> Result<(), FrameError> {
-    let v5 = protocol == Protocol::V5;
-    let topic_ok = if info.topic.is_empty() {
-        v5
-    } else {
-        crate::client::validate_topic(&info.topic).is_ok()
-    };
-    if !topic_ok {
-        return Err(FrameError::Malformed("PUBLISH topic"));
-    }
-    if v5 {
-        let mut allowed = true;
-        let walked = frame::PublishParts::split(packet, header, true).and_then(|parts| {
-            frame::walk_properties(parts.properties, |id, _| allowed &= id != 0x0b)
-        });
-        if walked.is_none() || !allowed {
-            return Err(FrameError::Malformed("PUBLISH properties"));
-        }
-    }
-    Ok(())
-}
-
-/// The packet id at the start of an acknowledgement's body, if it is one of the edge's.
-fn edge_pkid(packet: &[u8], header: &Header) -> Option<u16> {
-    let body = packet.get(header.header_len..)?;
-    let pkid = u16::from_be_bytes([*body.first()?, *body.get(1)?]);
-    (pkid >= FIRST_EDGE_PKID).then_some(pkid)
-}
-
-/// The packet id and filters of an MQTT 5 SUBSCRIBE (`with_options`: each filter followed
-/// by its options byte) or UNSUBSCRIBE (filters only; their options come back as 0).
-fn filter_list(
-    packet: &[u8],
-    header: &Header,
-    with_options: bool,
-) -> Option<(u16, Vec<(String, u8)>)> {
-    let body = packet.get(header.header_len..header.total_len())?;
-    let pkid = u16::from_be_bytes([*body.first()?, *body.get(1)?]);
-    let mut at = 2 + frame::property_block_len(body.get(2..)?)?;
-    let mut filters = Vec::new();
-    while at < body.len() {
-        let len = usize::from(u16::from_be_bytes([*body.get(at)?, *body.get(at + 1)?]));
-        let filter = std::str::from_utf8(body.get(at + 2..at + 2 + len)?).ok()?;
-        at += 2 + len;
-        let options = if with_options {
-            at += 1;
-            *body.get(at - 1)?
-        } else {
-            0
-        };
-        filters.push((filter.to_owned(), options));
-    }
-    Some((pkid, filters))
-}
-
-/// The packet id and reason codes of an MQTT 5 SUBACK.
-fn suback_codes(packet: &[u8], header: &Header) -> Option<(u16, Vec<u8>)> {
-    let body = packet.get(header.header_len..header.total_len())?;
-    let pkid = u16::from_be_bytes([*body.first()?, *body.get(1)?]);
-    let at = 2 + frame::property_block_len(body.get(2..)?)?;
-    Some((pkid, body.get(at..)?.to_vec()))
 }
 
 /// Accepts connections until `token` is cancelled.
@@ -502,11 +154,10 @@ pub(crate) async fn run(
             continue;
         };
         let edge = edge.clone();
-        let token = token.clone();
         let span = tracing::debug_span!("mqtt", %peer, client_id = tracing::field::Empty);
         tracker.spawn(
             async move {
-                edge.serve(stream, token).await;
+                edge.serve(stream).await;
                 drop(slot);
             }
             .instrument(span),
@@ -530,35 +181,54 @@ fn tune(stream: &TcpStream) {
     }
 }
 
+/// One attached connection: its socket, buffers and what it agreed with the client.
+struct Conn {
+    stream: TcpStream,
+    /// Bytes read and not yet handled.
+    inbound: BytesMut,
+    /// Bytes to write.
+    out: Vec<u8>,
+    /// The protocol and the client's limits.
+    peer: Peer,
+    /// Topic aliases the client set (MQTT 5).
+    aliases: HashMap<u16, Bytes>,
+    /// The session.
+    session: Arc<Session>,
+    /// The user name from CONNECT, for the authorizer.
+    username: Option<String>,
+    /// The Session Expiry Interval the client asked for in CONNECT (MQTT 5: a DISCONNECT may
+    /// not raise it from 0).
+    connect_expiry: u32,
+    /// The Session Expiry Interval in force.
+    expiry: u32,
+}
+
 impl Edge {
     /// Runs one client connection to its end.
-    async fn serve(&self, mut client: TcpStream, token: CancellationToken) {
+    async fn serve(self: Arc<Self>, mut stream: TcpStream) {
         self.metrics.connections_accepted.inc();
         self.metrics.connections.inc();
-        tune(&client);
+        tune(&stream);
         let mut inbound = BytesMut::with_capacity(BUFFER);
         let connect = tokio::select! {
-            () = token.cancelled() => Err(End::Shutdown),
-            read = tokio::time::timeout(self.settings.connect_timeout, self.read_connect(&mut client, &mut inbound)) => {
+            () = self.shutdown.cancelled() => Err(End::Shutdown),
+            read = tokio::time::timeout(self.settings.connect_timeout, self.read_connect(&mut stream, &mut inbound)) => {
                 read.unwrap_or_else(|_| {
                     self.reject("connect_timeout", "no CONNECT in time");
-                    Err(End::Client)
+                    Err(End::Vanished)
                 })
             }
         };
         let end = match connect {
-            Ok((connect, header)) => {
+            Ok(connect) => {
                 tracing::Span::current().record("client_id", connect.client_id.as_str());
-                self.relay(client, inbound, connect, header, &token).await
+                self.connection(stream, inbound, connect).await
             }
             Err(end) => end,
         };
         match &end {
             End::Protocol(e) => {
                 tracing::warn!(error = %e, "MQTT connection closed: protocol error")
-            }
-            End::Upstream(e) => {
-                tracing::error!(error = %e, "MQTT connection closed: the internal broker sent a packet the edge cannot relay")
             }
             End::Io(e) => tracing::debug!(error = %e, "MQTT connection closed: socket error"),
             other => tracing::debug!(end = ?other, "MQTT connection closed"),
@@ -568,11 +238,7 @@ impl Edge {
 
     /// Reads the first packet, which must be a CONNECT of MQTT 3.1.1 or 5 from a client id
     /// that is not reserved. Refuses the others with the CONNACK their generation understands.
-    async fn read_connect(
-        &self,
-        client: &mut TcpStream,
-        buf: &mut BytesMut,
-    ) -> Result<(Connect, Header), End> {
+    async fn read_connect(&self, client: &mut TcpStream, buf: &mut BytesMut) -> Result<Connect, End> {
         let header = loop {
             // A CONNECT's first byte is always 0x10; anything else (an HTTP request, TLS to
             // the plain port, noise) is refused at once instead of waiting out the timeout.
@@ -588,12 +254,13 @@ impl Edge {
                 Err(e) => return Err(self.protocol_error(e)),
             }
             match client.read_buf(buf).await {
-                Ok(0) => return Err(End::Client),
+                Ok(0) => return Err(End::Vanished),
                 Ok(n) => self.metrics.bytes_received.inc_by(n as u64),
                 Err(e) => return Err(End::Io(e)),
             }
         };
         let connect = frame::parse_connect(buf, &header).map_err(|e| self.protocol_error(e))?;
+        buf.advance(header.total_len());
         if let Some(will) = &connect.will {
             // A will is published like any message: a valid topic name, and only the
             // properties a will may carry (MQTT 5 §3.1.3.2).
@@ -604,6 +271,7 @@ impl Edge {
                 return Err(self.protocol_error(FrameError::Malformed("will properties")));
             }
         }
+        let v5 = connect.protocol == Protocol::V5;
         let refusal = match connect.protocol {
             Protocol::V31 | Protocol::Other(_) => {
                 Some((1, "unsupported_protocol", "MQTT 3.1.1 and 5 only"))
@@ -613,471 +281,653 @@ impl Edge {
                 "reserved_client_id",
                 "client ids starting with roost-internal- are the node's own",
             )),
+            // A 3.1.1 client without an id must ask for a clean session (MQTT-3.1.3-8).
+            _ if connect.client_id.is_empty() && !v5 && !connect.clean_start => Some((
+                2,
+                "identifier_rejected",
+                "an empty client id needs a clean session",
+            )),
+            _ if connect.properties.auth_method => {
+                Some((0x8c, "bad_auth_method", "no authentication method is supported"))
+            }
             _ => None,
         };
         if let Some((code, reason, detail)) = refusal {
             self.reject(reason, detail);
-            let _ = client
-                .write_all(&frame::connack_refusal(connect.protocol, code))
-                .await;
-            return Err(End::Client);
+            let packet = if code == 0x8c {
+                codec::connack(true, false, code, &[])
+            } else {
+                frame::connack_refusal(connect.protocol, code)
+            };
+            let _ = client.write_all(&packet).await;
+            return Err(End::Vanished);
         }
-        Ok((connect, header))
+        Ok(connect)
     }
 
-    /// Connects the client to rumqttd and moves packets both ways until either side ends.
-    async fn relay(
-        &self,
-        mut client: TcpStream,
-        mut inbound: BytesMut,
+    /// Attaches the connection to its session, runs it, and detaches it.
+    async fn connection(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        inbound: BytesMut,
         connect: Connect,
-        header: Header,
-        token: &CancellationToken,
     ) -> End {
-        let mut upstream = match TcpStream::connect(self.upstream).await {
-            Ok(stream) => stream,
-            Err(e) => {
-                self.reject("broker_unavailable", "internal broker unreachable");
-                let _ = client
-                    .write_all(&frame::connack_refusal(connect.protocol, 3))
-                    .await;
-                return End::Io(e);
-            }
-        };
-        let _ = upstream.set_nodelay(true);
-        let v311 = connect.protocol == Protocol::V311;
-        // The CONNECT goes first, as read; anything pipelined behind it is handled below.
-        let first = &inbound[..header.total_len()];
-        let first = if v311 {
-            match translate::client_to_v5(first, &header) {
-                Ok(v5) => v5,
-                Err(e) => return self.protocol_error(e),
-            }
+        let v5 = connect.protocol == Protocol::V5;
+        let mut client_id = connect.client_id.clone();
+        let assigned = client_id.is_empty();
+        if assigned {
+            client_id = format!("roost-{:x}-{:x}", now_ms(), self.intake.next_sequence());
+        }
+        let cap = u32::try_from(self.settings.max_session_expiry.as_secs()).unwrap_or(NEVER);
+        let asked = if v5 {
+            connect.properties.session_expiry
+        } else if connect.clean_start {
+            0
         } else {
-            first.to_vec()
+            NEVER
         };
-        // rumqttd never sees a will: it misfires them on client-id takeover (RUMQTTD.md,
-        // defect 6). The edge fires the will itself when the session ends (below).
-        let first_header = frame::parse_header(&first, usize::MAX).ok().flatten();
-        let first = match first_header.and_then(|h| frame::prepare_connect(&first, &h)) {
-            Some(prepared) => prepared,
-            None => return self.protocol_error(FrameError::Malformed("CONNECT")),
+        let expiry = asked.min(cap);
+        let kick = CancellationToken::new();
+        let Some((session, present, guard)) = self
+            .attach(&client_id, connect.clean_start, expiry, kick.clone())
+            .await
+        else {
+            return End::Shutdown;
         };
-        // A new connection for this client id settles a will waiting out its delay: a resumed
-        // session (Clean Start 0) cancels it, a fresh one ends the old session and sends it
-        // (MQTT 5 §3.1.2.5).
-        let (generation, cancelled) = self
-            .lock_sessions()
-            .connected(&connect.client_id, connect.clean_start);
-        if cancelled {
-            self.metrics.wills.with_label_values(&["cancelled"]).inc();
-        }
-        if let Err(e) = upstream.write_all(&first).await {
-            self.lock_sessions().disconnected(&connect.client_id);
-            return End::Io(e);
-        }
-        inbound.advance(header.total_len());
-
-        let mut accepted = false;
-        let mut clean = false;
-        let end = {
-            let (client_rx, mut client_tx) = client.split();
-            let (broker_rx, broker_tx) = upstream.split();
-            let (notes, notes_rx) = mpsc::unbounded_channel();
-            let to_broker = self.client_to_broker(
-                client_rx,
-                broker_tx,
-                inbound,
-                connect.protocol,
-                &mut clean,
-                notes,
-            );
-            let to_client =
-                self.broker_to_client(broker_rx, &mut client_tx, v311, &mut accepted, notes_rx);
-            tokio::select! {
-                end = to_broker => end,
-                end = to_client => end,
-                () = token.cancelled() => End::Shutdown,
+        let mut conn = Conn {
+            stream,
+            inbound,
+            out: Vec::with_capacity(BUFFER),
+            peer: Peer {
+                v5,
+                window: usize::from(
+                    connect
+                        .properties
+                        .receive_maximum
+                        .min(self.limits.max_inflight),
+                ),
+                max_packet: usize::try_from(connect.properties.maximum_packet_size)
+                    .unwrap_or(usize::MAX),
+            },
+            aliases: HashMap::new(),
+            session,
+            username: connect.username.clone(),
+            connect_expiry: asked,
+            expiry,
+        };
+        let mut properties = Vec::new();
+        if v5 {
+            properties.push(0x21);
+            properties.extend_from_slice(&self.limits.max_inflight.to_be_bytes());
+            properties.push(0x22);
+            properties.extend_from_slice(&TOPIC_ALIAS_MAXIMUM.to_be_bytes());
+            properties.push(0x27);
+            let max = u32::try_from(self.settings.max_packet_size).unwrap_or(u32::MAX);
+            properties.extend_from_slice(&max.to_be_bytes());
+            if expiry != asked {
+                properties.push(0x11);
+                properties.extend_from_slice(&expiry.to_be_bytes());
             }
-        };
-        // An accepted session that ends without a clean DISCONNECT publishes its will: the
-        // client vanished, broke the protocol, or was taken over by a new connection.
-        if let (true, false, Some(will)) = (accepted, clean, connect.will) {
-            self.will(
-                &connect.client_id,
-                generation,
-                connect.clean_start,
-                connect.protocol,
-                will,
-                token,
-            )
-            .await;
+            if assigned {
+                properties.push(0x12);
+                properties.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+                properties.extend_from_slice(client_id.as_bytes());
+            }
         }
-        self.lock_sessions().disconnected(&connect.client_id);
+        conn.out
+            .extend_from_slice(&codec::connack(v5, present, 0, &properties));
+        if present {
+            conn.session.resend(&mut conn.out, v5);
+        }
+        let end = self.drive(&mut conn, connect.keep_alive, &kick).await;
+        if let Some(reason) = end.reason_code().filter(|_| v5) {
+            conn.out.clear();
+            conn.out.extend_from_slice(&codec::disconnect_v5(reason));
+            let _ = self.flush(&mut conn).await;
+        }
+        self.detach(&conn, &end, connect.will);
+        drop(guard);
         end
     }
 
-    /// Sends, delays or drops the will of a session that ended without a clean DISCONNECT.
-    async fn will(
-        &self,
+    /// Finds or makes the session of `client_id` and attaches to it, taking it over from a
+    /// connection still attached (MQTT-3.1.4-3). Returns the session, whether it was resumed
+    /// (CONNACK Session Present) and the attachment guard; `None` at shutdown.
+    async fn attach(
+        self: &Arc<Self>,
         client_id: &str,
-        generation: u64,
         clean_start: bool,
-        protocol: Protocol,
-        will: frame::Will,
-        shutdown: &CancellationToken,
-    ) {
-        let wills = &self.metrics.wills;
-        let delay = match protocol {
-            Protocol::V5 => will.delay_seconds(),
-            _ => 0,
-        };
-        let fate = if delay == 0 {
-            WillFate::Now
-        } else {
-            self.lock_sessions()
-                .will_fate(client_id, generation, clean_start)
-        };
-        let (cancel, fire_now) = match fate {
-            WillFate::Cancelled => {
-                wills.with_label_values(&["cancelled"]).inc();
-                return;
-            }
-            WillFate::Now => {
-                if fire_will(&self.retained, &self.client, &will).await {
-                    wills.with_label_values(&["published"]).inc();
+        expiry: u32,
+        kick: CancellationToken,
+    ) -> Option<(Arc<Session>, bool, OwnedMutexGuard<()>)> {
+        loop {
+            if let Some(existing) = self.sessions.get(client_id) {
+                let old = existing.lock().kick.take();
+                if let Some(old) = old {
+                    old.cancel();
+                    self.metrics
+                        .connections_rejected
+                        .with_label_values(&["taken_over"])
+                        .inc();
                 }
-                return;
+                let guard = tokio::select! {
+                    guard = existing.attach.clone().lock_owned() => guard,
+                    () = self.shutdown.cancelled() => return None,
+                };
+                if existing.ended.is_cancelled() {
+                    continue;
+                }
+                if clean_start {
+                    self.end_session(&existing).await;
+                    continue;
+                }
+                let pending = {
+                    let mut state = existing.lock();
+                    state.online = true;
+                    state.kick = Some(kick);
+                    state.expiry = expiry;
+                    state.connection += 1;
+                    state.pending_will.take()
+                };
+                if let Some(pending) = pending {
+                    // Back within the Will Delay Interval: the will is not sent (MQTT 5 §3.1.3.2.2).
+                    pending.settled.cancel();
+                    self.metrics.wills.with_label_values(&["cancelled"]).inc();
+                }
+                return Some((existing, true, guard));
             }
-            WillFate::Wait(cancel, fire_now) => (cancel, fire_now),
-        };
-        wills.with_label_values(&["delayed"]).inc();
-        let published = wills.with_label_values(&["published"]);
-        let (retained, client) = (self.retained.clone(), self.client.clone());
-        let (shutdown, sessions) = (shutdown.clone(), self.sessions.clone());
-        let client_id = client_id.to_owned();
-        self.tracker.spawn(async move {
-            let send = tokio::select! {
-                () = cancel.cancelled() => false,
-                () = shutdown.cancelled() => false,
-                () = fire_now.cancelled() => true,
-                () = tokio::time::sleep(Duration::from_secs(u64::from(delay))) => true,
+            let key = self.intake.next_key();
+            let session = Arc::new(Session::new(key, client_id.to_owned(), expiry));
+            let Ok(guard) = session.attach.clone().try_lock_owned() else {
+                continue;
             };
-            if send && fire_will(&retained, &client, &will).await {
-                published.inc();
+            {
+                let mut state = session.lock();
+                state.online = true;
+                state.kick = Some(kick.clone());
             }
-            // A poisoned lock only means a panic mid-update; the maps are still usable.
-            sessions
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .settled(&client_id, generation);
+            if self.sessions.insert_new(session.clone()) {
+                self.metrics.sessions.set(self.sessions.len() as i64);
+                return Some((session, false, guard));
+            }
+        }
+    }
+
+    /// Ends a session: forgets it, closes its router link, stops its tasks, and publishes a
+    /// will still waiting out its delay (MQTT 5 §3.1.2.5: the will is sent when the session
+    /// ends, whichever comes first).
+    async fn end_session(&self, session: &Arc<Session>) {
+        self.sessions.remove(session);
+        session.ended.cancel();
+        self.flow.set(session, false);
+        let (pending, linked) = {
+            let mut state = session.lock();
+            (state.pending_will.take(), state.linked)
+        };
+        if let Some(pending) = pending {
+            pending.settled.cancel();
+            self.publish_will(session.key, &pending.will).await;
+        }
+        if linked {
+            let _ = self.intake.ingress.close(session.key).await;
+        }
+        self.metrics.sessions.set(self.sessions.len() as i64);
+    }
+
+    /// The connection ended: the session stays (with its expiry) or ends, and the will is
+    /// published, delayed or dropped.
+    fn detach(self: &Arc<Self>, conn: &Conn, end: &End, will: Option<Will>) {
+        let session = conn.session.clone();
+        let expiry = conn.expiry;
+        let connection = {
+            let mut state = session.lock();
+            state.online = false;
+            state.kick = None;
+            state.expiry = expiry;
+            state.connection
+        };
+        self.flow.set(&session, false);
+        if matches!(end, End::Shutdown) {
+            return;
+        }
+        let will = will.filter(|_| end.publishes_will());
+        let delay = will
+            .as_ref()
+            .map_or(0, |w| if conn.peer.v5 { w.delay_seconds() } else { 0 });
+        let edge = self.clone();
+        self.tracker.spawn(async move {
+            if let Some(will) = will {
+                if delay == 0 || expiry == 0 {
+                    edge.publish_will(session.key, &will).await;
+                } else {
+                    edge.delay_will(&session, will, delay.min(expiry));
+                }
+            }
+            if expiry == 0 {
+                edge.end_session(&session).await;
+            } else if expiry != NEVER {
+                let lifetime = Duration::from_secs(u64::from(expiry));
+                tokio::select! {
+                    () = tokio::time::sleep(lifetime) => {}
+                    () = session.ended.cancelled() => return,
+                    () = edge.shutdown.cancelled() => return,
+                }
+                let expired = {
+                    let state = session.lock();
+                    !state.online && state.connection == connection
+                };
+                if expired {
+                    edge.metrics.sessions_expired.inc();
+                    edge.end_session(&session).await;
+                }
+            }
         });
     }
 
-    /// Client to broker: frames every packet, enforces the size limit, watches publishes,
-    /// translates 3.1.1 packets to MQTT 5, and makes each retained change durable before the
-    /// publish that carries it goes on (so a PUBACK means the retained message is on disk).
-    async fn client_to_broker(
-        &self,
-        mut rx: ReadHalf<'_>,
-        mut tx: WriteHalf<'_>,
-        mut buf: BytesMut,
-        protocol: Protocol,
-        clean: &mut bool,
-        notes: mpsc::UnboundedSender<Note>,
-    ) -> End {
-        let published = self
-            .metrics
-            .messages_received
-            .with_label_values(&["network"]);
-        let v311 = protocol == Protocol::V311;
-        let mut out = Vec::new();
-        // Whether the packet at the front of `buf` already had its retained change recorded.
-        let mut front_recorded = false;
-        loop {
-            // Walk the complete packets at the front of the buffer, up to the first one whose
-            // retained change must be made durable before it is forwarded.
-            let mut ready = 0;
-            let mut durable_first = None;
-            loop {
-                let header = match frame::parse_header(&buf[ready..], self.settings.max_packet_size)
-                {
-                    Ok(Some(h)) => h,
-                    Ok(None) => break,
-                    Err(e) => return self.protocol_error(e),
-                };
-                let available = buf.len() - ready;
-                if available < header.total_len() {
-                    buf.reserve(header.total_len() - available);
-                    break;
-                }
-                let packet = &buf[ready..ready + header.total_len()];
-                let v5 = if v311 {
-                    match translate::client_to_v5(packet, &header) {
-                        Ok(v5) => Some(v5),
-                        Err(e) => return self.protocol_error(e),
-                    }
-                } else {
-                    None
-                };
-                let v5_packet = v5.as_deref().unwrap_or(packet);
-                let mut alias_only = false;
-                match header.kind() {
-                    kind::PUBLISH => {
-                        let info = match frame::parse_publish(packet, &header, protocol) {
-                            Ok(info) => info,
-                            Err(e) => return self.protocol_error(e),
-                        };
-                        alias_only = info.topic.is_empty();
-                        if let Err(e) = check_publish(&info, protocol, packet, &header) {
-                            return self.protocol_error(e);
-                        }
-                        let recorded = ready == 0 && front_recorded;
-                        if !recorded {
-                            let v5_header = if v311 {
-                                match frame::parse_header(v5_packet, usize::MAX) {
-                                    Ok(Some(h)) => h,
-                                    _ => {
-                                        return self
-                                            .protocol_error(FrameError::Malformed("PUBLISH"))
-                                    }
-                                }
-                            } else {
-                                header
-                            };
-                            if let Some(change) = retained::change_of(&info, v5_packet, &v5_header)
-                            {
-                                durable_first = Some((info.topic, change));
-                                break;
-                            }
-                        }
-                        published.inc();
-                    }
-                    // A DISCONNECT ends the session without its will, unless MQTT 5 reason
-                    // 0x04 asks for the will anyway.
-                    kind::DISCONNECT => {
-                        let reason = packet.get(header.header_len).copied().unwrap_or(0);
-                        *clean = protocol != Protocol::V5 || reason != 0x04;
-                    }
-                    kind::CONNECT => {
-                        return self.protocol_error(FrameError::Malformed("second CONNECT"))
-                    }
-                    kind::SUBSCRIBE => {
-                        let v5_header = match frame::parse_header(v5_packet, usize::MAX) {
-                            Ok(Some(h)) => h,
-                            _ => return self.protocol_error(FrameError::Malformed("SUBSCRIBE")),
-                        };
-                        let Some((pkid, filters)) = filter_list(v5_packet, &v5_header, true) else {
-                            return self.protocol_error(FrameError::Malformed("SUBSCRIBE"));
-                        };
-                        // Told before the SUBSCRIBE goes on, so it is known when the SUBACK
-                        // comes back.
-                        let _ = notes.send(Note::Subscribe { pkid, filters });
-                    }
-                    kind::UNSUBSCRIBE => {
-                        let filters = frame::parse_header(v5_packet, usize::MAX)
-                            .ok()
-                            .flatten()
-                            .and_then(|h| filter_list(v5_packet, &h, false))
-                            .map(|(_, filters)| filters.into_iter().map(|(f, _)| f).collect());
-                        match filters {
-                            Some(filters) => {
-                                let _ = notes.send(Note::Unsubscribe(filters));
-                            }
-                            None => {
-                                return self.protocol_error(FrameError::Malformed("UNSUBSCRIBE"))
-                            }
-                        }
-                    }
-                    // Acknowledgements of the edge's own deliveries stay at the edge.
-                    kind::PUBACK | kind::PUBREC | kind::PUBCOMP => {
-                        if let Some(pkid) = edge_pkid(packet, &header) {
-                            // An MQTT 5 PUBREC with a failure reason ends the QoS 2 flow there.
-                            let failed = packet
-                                .get(header.header_len + 2)
-                                .is_some_and(|reason| *reason >= 0x80);
-                            let note = if header.kind() == kind::PUBREC && !failed {
-                                Note::Received(pkid)
-                            } else {
-                                Note::Done(pkid)
-                            };
-                            let _ = notes.send(note);
-                            // Consumed, not forwarded.
-                            ready += header.total_len();
-                            continue;
-                        }
-                    }
-                    _ => {}
-                }
-                let start = out.len();
-                out.extend_from_slice(v5_packet);
-                if header.kind() == kind::PUBLISH && !alias_only {
-                    // rumqttd keeps no retained messages: the edge does (retained.rs). A topic
-                    // alias the edge cannot name is left to rumqttd, retain flag and all.
-                    out[start] &= !0x01;
-                }
-                ready += header.total_len();
+    /// Keeps a will until its delay runs out, the session resumes, or the session ends.
+    fn delay_will(self: &Arc<Self>, session: &Arc<Session>, will: Will, delay: u32) {
+        let settled = CancellationToken::new();
+        session.lock().pending_will = Some(PendingWill {
+            will,
+            settled: settled.clone(),
+        });
+        self.metrics.wills.with_label_values(&["delayed"]).inc();
+        let (edge, session) = (self.clone(), session.clone());
+        self.tracker.spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(u64::from(delay))) => {}
+                () = settled.cancelled() => return,
+                () = edge.shutdown.cancelled() => return,
             }
-            if ready > 0 {
-                if let Err(e) = tx.write_all(&out).await {
-                    return End::Io(e);
+            let due = {
+                let mut state = session.lock();
+                match &state.pending_will {
+                    Some(p) if !p.settled.is_cancelled() => state.pending_will.take(),
+                    _ => None,
                 }
-                out.clear();
-                buf.advance(ready);
-                front_recorded = false;
+            };
+            if let Some(pending) = due {
+                edge.publish_will(session.key, &pending.will).await;
             }
-            if let Some((topic, change)) = durable_first {
-                // Everything before it is forwarded; now make it durable, then walk again
-                // (without reading) so it is forwarded in its place.
-                self.retained.record(&topic, change).await;
-                front_recorded = true;
-                continue;
+        });
+    }
+
+    /// Publishes a will as a message of the session that left it.
+    async fn publish_will(&self, key: u64, will: &Will) {
+        let mut expires_at = None;
+        let properties = filter_properties(&will.properties, |id| {
+            id != 0x18 && id != 0x02
+        })
+        .unwrap_or_else(|| vec![0]);
+        frame::walk_properties(&will.properties, |id, raw| {
+            if id == 0x02 {
+                let secs = raw[1..].iter().fold(0u64, |a, &b| (a << 8) | u64::from(b));
+                expires_at = Some(now_ms() + secs * 1000);
             }
-            match rx.read_buf(&mut buf).await {
-                Ok(0) => return End::Client,
-                Ok(n) => self.metrics.bytes_received.inc_by(n as u64),
-                Err(e) => return End::Io(e),
-            }
-            // Many device clients leave Nagle on; at QoS 0 nothing flows back to carry our ACK,
-            // so a delayed ACK would hold their next publish. ACK at once (re-armed per read).
-            let _ = SockRef::from(rx.as_ref()).set_tcp_quickack(true);
+        });
+        let message = Publication {
+            topic: Bytes::copy_from_slice(will.topic.as_bytes()),
+            payload: Bytes::copy_from_slice(&will.payload),
+            properties: properties.into(),
+            qos: will.qos,
+            retain: will.retain,
+            origin: Origin::Session(key),
+            sequence: self.intake.next_sequence(),
+            expires_at,
+        };
+        match self.intake.route(message).await {
+            Ok(()) => self.metrics.wills.with_label_values(&["published"]).inc(),
+            Err(e) => tracing::warn!(topic = %will.topic, error = %e, "could not publish a will"),
         }
     }
 
-    /// Broker to client: counts the publishes delivered, notes the CONNACK, translates for
-    /// 3.1.1 clients, and delivers retained messages after each SUBACK. MQTT 5 traffic is
-    /// forwarded as it arrives, parts of large publishes included; the edge's own packets are
-    /// written only at packet boundaries.
-    async fn broker_to_client(
-        &self,
-        mut rx: ReadHalf<'_>,
-        tx: &mut WriteHalf<'_>,
-        v311: bool,
-        accepted: &mut bool,
-        mut notes: mpsc::UnboundedReceiver<Note>,
-    ) -> End {
-        let delivered = self.metrics.messages_sent.with_label_values(&["network"]);
-        let mut buf = BytesMut::with_capacity(BUFFER);
-        let mut out = Vec::new();
-        let mut deliveries = Deliveries::new();
-        // Bytes of the current packet still to come, when a v5 publish spans reads.
-        let mut pending = 0usize;
-        let mut first = true;
-        let mut notes_open = true;
+    /// The connection's loop: reads and handles packets, writes deliveries, watches the
+    /// keep-alive, the takeover and the shutdown.
+    async fn drive(self: &Arc<Self>, conn: &mut Conn, keep_alive: u16, kick: &CancellationToken) -> End {
+        // The client must send something within 1.5 times its keep-alive (MQTT-3.1.2-24).
+        let allowance = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+        let mut deadline = allowance.map(|a| Instant::now() + a);
+        // Packets the client sent right behind its CONNECT are already buffered.
+        if let Err(end) = self.handle_inbound(conn).await {
+            return end;
+        }
         loop {
-            let at_boundary = pending == 0;
+            conn.session.fill(&mut conn.out, &conn.peer, &self.limits, &self.metrics, &self.flow);
+            if let Err(end) = self.flush(conn).await {
+                return end;
+            }
+            let expired = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                read = rx.read_buf(&mut buf) => match read {
-                    Ok(0) => return End::Broker,
-                    Ok(_) => {}
+                biased;
+                () = self.shutdown.cancelled() => return End::Shutdown,
+                () = kick.cancelled() => return End::TakenOver,
+                read = conn.stream.read_buf(&mut conn.inbound) => match read {
+                    Ok(0) => return End::Vanished,
+                    Ok(n) => {
+                        self.metrics.bytes_received.inc_by(n as u64);
+                        deadline = allowance.map(|a| Instant::now() + a);
+                        if let Err(end) = self.handle_inbound(conn).await {
+                            return end;
+                        }
+                    }
                     Err(e) => return End::Io(e),
                 },
-                note = notes.recv(), if notes_open => match note {
-                    Some(note) => deliveries.note(note),
-                    None => notes_open = false,
-                },
-                () = std::future::ready(()), if at_boundary && deliveries.can_send() => {}
+                () = conn.session.wake.notified() => {}
+                () = expired => return End::KeepAlive,
             }
-            // rumqttd does not set TCP_NODELAY on the sockets it accepts, so Nagle holds each of
-            // its small writes until our previous ACK; delayed ACKs made QoS 0 deliveries wait
-            // milliseconds. Quick-ack mode is not sticky in Linux, so it is re-armed per turn.
-            let _ = SockRef::from(rx.as_ref()).set_tcp_quickack(true);
-            // The client half sends its note before it forwards the SUBSCRIBE, so every note a
-            // SUBACK read here depends on is already queued: take them all first, whichever
-            // branch woke the loop.
-            while let Ok(note) = notes.try_recv() {
-                deliveries.note(note);
-            }
-            let mut at = 0;
-            while at < buf.len() {
-                if pending > 0 {
-                    let step = pending.min(buf.len() - at);
-                    pending -= step;
-                    at += step;
-                    continue;
-                }
-                let header = match frame::parse_header(&buf[at..], usize::MAX) {
-                    Ok(Some(h)) => h,
-                    Ok(None) => break,
-                    Err(e) => return End::Upstream(e),
-                };
-                let complete = buf.len() - at >= header.total_len();
-                // Only publishes are forwarded in parts; control packets are small and read whole.
-                if !complete && (v311 || header.kind() != kind::PUBLISH) {
-                    buf.reserve(header.total_len() - (buf.len() - at));
-                    break;
-                }
-                let packet = &buf[at..at + header.total_len().min(buf.len() - at)];
-                match header.kind() {
-                    kind::CONNACK if first => {
-                        // MQTT 5 CONNACK: flags, then the reason code.
-                        *accepted = packet.get(header.header_len + 1) == Some(&0);
-                        first = false;
-                    }
-                    kind::SUBACK => {
-                        if let Some((pkid, codes)) = suback_codes(packet, &header) {
-                            deliveries.granted(&self.retained, pkid, &codes);
-                        }
-                    }
-                    kind::PUBLISH => {
-                        delivered.inc();
-                        if complete && deliveries.has_queued() {
-                            if let Some(parts) = frame::PublishParts::split(packet, &header, true) {
-                                deliveries.superseded(parts.topic);
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-                if v311 {
-                    match translate::server_to_v311(packet, &header) {
-                        Ok(Some(v4)) => out.extend_from_slice(&v4),
-                        Ok(None) => {}
-                        Err(e) => return End::Upstream(e),
-                    }
-                } else {
-                    out.extend_from_slice(packet);
-                    pending = header.total_len() - packet.len();
-                }
-                at += packet.len();
-            }
-            // The edge's own packets go after what rumqttd sent, at a packet boundary.
-            if pending == 0 {
-                match deliveries.fill(v311) {
-                    Ok(n) => delivered.inc_by(n as u64),
-                    Err(e) => return End::Upstream(e),
-                }
-                out.append(&mut deliveries.outbox);
-            }
-            if !out.is_empty() {
-                // A client that stops reading would hold this write, its slot and rumqttd's
-                // backlog for it forever; past `send_timeout` it is disconnected instead.
-                match tokio::time::timeout(self.settings.send_timeout, tx.write_all(&out)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return End::Io(e),
-                    Err(_) => {
-                        self.reject("slow_consumer", "the client did not read in time");
-                        return End::SlowConsumer;
-                    }
-                }
-                self.metrics.bytes_sent.inc_by(out.len() as u64);
-                out.clear();
-            }
-            buf.advance(at);
         }
     }
 
-    fn lock_sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
-        // A poisoned lock only means a panic mid-update; the maps are still usable.
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    /// Writes what is pending, within `send_timeout`.
+    async fn flush(&self, conn: &mut Conn) -> Result<(), End> {
+        if conn.out.is_empty() {
+            return Ok(());
+        }
+        match tokio::time::timeout(self.settings.send_timeout, conn.stream.write_all(&conn.out)).await {
+            Err(_) => {
+                self.reject("slow_consumer", "the client did not read in time");
+                Err(End::SlowConsumer)
+            }
+            Ok(Err(e)) => Err(End::Io(e)),
+            Ok(Ok(())) => {
+                self.metrics.bytes_sent.inc_by(conn.out.len() as u64);
+                conn.out.clear();
+                Ok(())
+            }
+        }
+    }
+
+    /// Handles every whole packet in the read buffer.
+    async fn handle_inbound(self: &Arc<Self>, conn: &mut Conn) -> Result<(), End> {
+        loop {
+            let header = match frame::parse_header(&conn.inbound, self.settings.max_packet_size) {
+                Ok(Some(h)) if conn.inbound.len() >= h.total_len() => h,
+                Ok(Some(h)) => {
+                    conn.inbound.reserve(h.total_len() - conn.inbound.len());
+                    return Ok(());
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(self.protocol_error(e)),
+            };
+            let packet = conn.inbound.split_to(header.total_len()).freeze();
+            let inbound = codec::decode(packet, &header, conn.peer.v5)
+                .map_err(|e| self.protocol_error(e))?;
+            self.handle(conn, inbound).await?;
+        }
+    }
+
+    /// Handles one packet from the client.
+    async fn handle(self: &Arc<Self>, conn: &mut Conn, packet: Inbound) -> Result<(), End> {
+        let v5 = conn.peer.v5;
+        match packet {
+            Inbound::Publish(publish) => self.publish(conn, publish).await?,
+            Inbound::PubAck(pkid) => conn.session.puback(pkid),
+            Inbound::PubRec(pkid, reason) => {
+                if reason < 0x80 {
+                    let known = conn.session.pubrec(pkid, reason).is_some();
+                    let code = if known { 0 } else { 0x92 };
+                    conn.out.extend_from_slice(&codec::ack(0x62, pkid, code, v5));
+                } else {
+                    conn.session.pubrec(pkid, reason);
+                }
+            }
+            Inbound::PubRel(pkid) => {
+                let known = conn.session.lock().incoming.remove(&pkid);
+                let code = if known { 0 } else { 0x92 };
+                conn.out.extend_from_slice(&codec::ack(0x70, pkid, code, v5));
+            }
+            Inbound::PubComp(pkid) => conn.session.pubcomp(pkid),
+            Inbound::Subscribe { pkid, id, filters } => {
+                self.subscribe(conn, pkid, id, filters).await?
+            }
+            Inbound::Unsubscribe { pkid, filters } => self.unsubscribe(conn, pkid, filters).await?,
+            Inbound::PingReq => conn.out.extend_from_slice(&codec::PINGRESP),
+            Inbound::Disconnect {
+                reason,
+                session_expiry,
+            } => {
+                if let Some(expiry) = session_expiry {
+                    // A session that was to end with the connection may not be revived by
+                    // DISCONNECT (MQTT-3.14.2-2).
+                    if conn.connect_expiry == 0 && expiry != 0 {
+                        return Err(self.protocol_error(FrameError::Malformed("DISCONNECT")));
+                    }
+                    let cap = u32::try_from(self.settings.max_session_expiry.as_secs())
+                        .unwrap_or(NEVER);
+                    conn.expiry = expiry.min(cap);
+                }
+                return Err(End::Disconnect {
+                    with_will: reason == 0x04,
+                });
+            }
+            Inbound::Auth => return Err(self.protocol_error(FrameError::Unexpected(15))),
+        }
+        Ok(())
+    }
+
+    /// A PUBLISH from the client: authorised, made a [`Publication`], routed, acknowledged.
+    async fn publish(self: &Arc<Self>, conn: &mut Conn, publish: InPublish) -> Result<(), End> {
+        let v5 = conn.peer.v5;
+        let topic = match publish.topic_alias {
+            Some(alias) if alias > TOPIC_ALIAS_MAXIMUM => {
+                return Err(self.protocol_error(FrameError::Malformed("topic alias")))
+            }
+            Some(alias) if publish.topic.is_empty() => match conn.aliases.get(&alias) {
+                Some(topic) => topic.clone(),
+                None => return Err(self.protocol_error(FrameError::Malformed("topic alias"))),
+            },
+            Some(alias) => {
+                conn.aliases.insert(alias, publish.topic.clone());
+                publish.topic.clone()
+            }
+            None => publish.topic.clone(),
+        };
+        let name = std::str::from_utf8(&topic).unwrap_or("");
+        if crate::client::validate_topic(name).is_err() {
+            return Err(self.protocol_error(FrameError::Malformed("PUBLISH topic")));
+        }
+        self.metrics.count_received(publish.qos, publish.payload.len() + topic.len());
+        let client = ClientInfo {
+            client_id: &conn.session.client_id,
+            username: conn.username.as_deref(),
+        };
+        let allowed = self.authorizer.may_publish(&client, name);
+        let duplicate = publish.qos == 2 && conn.session.lock().incoming.contains(&publish.pkid);
+        if !allowed {
+            tracing::debug!(topic = name, "publish not authorized");
+            self.metrics.dropped.with_label_values(&["not_authorized"]).inc();
+        } else if !duplicate {
+            let properties = if v5 && (publish.topic_alias.is_some() || publish.expiry.is_some()) {
+                filter_properties(&publish.properties, |id| id != 0x23 && id != 0x02)
+                    .map_or_else(|| Bytes::from_static(&[0]), Bytes::from)
+            } else {
+                publish.properties.clone()
+            };
+            let message = Publication {
+                topic,
+                payload: publish.payload,
+                properties,
+                qos: publish.qos,
+                retain: publish.retain,
+                origin: Origin::Session(conn.session.key),
+                sequence: self.intake.next_sequence(),
+                expires_at: publish
+                    .expiry
+                    .map(|secs| now_ms() + u64::from(secs) * 1000),
+            };
+            self.flow.admit(&conn.session).await;
+            self.intake.route(message).await.map_err(|_| End::Broker)?;
+        }
+        let code = if allowed { 0 } else { 0x87 };
+        match publish.qos {
+            1 => conn.out.extend_from_slice(&codec::ack(0x40, publish.pkid, code, v5)),
+            2 => {
+                if allowed {
+                    conn.session.lock().incoming.insert(publish.pkid);
+                }
+                conn.out.extend_from_slice(&codec::ack(0x50, publish.pkid, code, v5));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A SUBSCRIBE: each filter checked, authorised and added; SUBACK; then the retained
+    /// messages the new subscriptions match, as their Retain Handling asks.
+    async fn subscribe(
+        self: &Arc<Self>,
+        conn: &mut Conn,
+        pkid: u16,
+        id: Option<u32>,
+        filters: Vec<SubRequest>,
+    ) -> Result<(), End> {
+        let v5 = conn.peer.v5;
+        let mut codes = Vec::with_capacity(filters.len());
+        let mut retained = Vec::new();
+        for request in filters {
+            let shared = crate::topic::is_shared(&request.filter);
+            let pattern = Subscription::pattern_of(&request.filter).to_owned();
+            let valid = crate::client::validate_filter(&request.filter).is_ok()
+                && (!shared || shared_filter_ok(&request.filter));
+            if shared && request.no_local && v5 {
+                // No Local on a shared subscription is a protocol error (MQTT-3.8.3-4).
+                return Err(self.protocol_error(FrameError::Malformed("SUBSCRIBE")));
+            }
+            if !valid {
+                codes.push(if v5 { 0x8f } else { 0x80 });
+                continue;
+            }
+            let client = ClientInfo {
+                client_id: &conn.session.client_id,
+                username: conn.username.as_deref(),
+            };
+            if !self.authorizer.may_subscribe(&client, &request.filter) {
+                tracing::debug!(filter = %request.filter, "subscription not authorized");
+                codes.push(if v5 { 0x87 } else { 0x80 });
+                continue;
+            }
+            let subscription = Subscription {
+                filter: request.filter.clone(),
+                pattern,
+                qos: request.qos,
+                no_local: request.no_local,
+                retain_as_published: request.retain_as_published,
+                id,
+            };
+            let (new, open_link) = {
+                let mut state = conn.session.lock();
+                let existing = state
+                    .subscriptions
+                    .iter_mut()
+                    .find(|s| s.filter == request.filter);
+                let new = match existing {
+                    Some(existing) => {
+                        *existing = subscription;
+                        false
+                    }
+                    None => {
+                        state.subscriptions.push(subscription);
+                        true
+                    }
+                };
+                let open_link = !state.linked;
+                state.linked = true;
+                (new, open_link)
+            };
+            if open_link {
+                self.link(&conn.session).await?;
+            }
+            if new {
+                self.intake
+                    .ingress
+                    .subscribe(conn.session.key, request.filter.clone())
+                    .await
+                    .map_err(|_| End::Broker)?;
+            }
+            codes.push(request.qos);
+            let send_retained = match request.retain_handling {
+                0 => true,
+                1 => new,
+                _ => false,
+            };
+            if send_retained && !shared {
+                // Taken after the router has the subscription queued, so a retained message
+                // published meanwhile is either in this snapshot or delivered live.
+                retained.extend(self.intake.retained_for(&request.filter, request.qos, id));
+            }
+        }
+        conn.out.extend_from_slice(&codec::suback(pkid, &codes, v5));
+        conn.session.queue_retained(retained);
+        Ok(())
+    }
+
+    /// Opens the session's router link and starts the task that drains it into the session.
+    async fn link(self: &Arc<Self>, session: &Arc<Session>) -> Result<(), End> {
+        let id = format!("{INTERNAL_ID_PREFIX}s{}", session.key);
+        let mut rx = self
+            .intake
+            .ingress
+            .open(session.key, id)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot open a router link for a session");
+                End::Broker
+            })?;
+        let (edge, session) = (self.clone(), session.clone());
+        self.tracker.spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    () = session.ended.cancelled() => return,
+                    () = edge.shutdown.cancelled() => return,
+                    next = crate::ingress::next_forward(&mut rx) => next,
+                };
+                let Some((topic, envelope)) = next else { return };
+                match Publication::open(topic, envelope) {
+                    Some(message) => session.offer(message, &edge.limits, &edge.metrics, &edge.flow),
+                    None => edge.metrics.dropped.with_label_values(&["not_an_envelope"]).inc(),
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// An UNSUBSCRIBE: each filter removed; UNSUBACK.
+    async fn unsubscribe(
+        &self,
+        conn: &mut Conn,
+        pkid: u16,
+        filters: Vec<String>,
+    ) -> Result<(), End> {
+        let mut codes = Vec::with_capacity(filters.len());
+        for filter in filters {
+            let removed = {
+                let mut state = conn.session.lock();
+                let before = state.subscriptions.len();
+                state.subscriptions.retain(|s| s.filter != filter);
+                state.subscriptions.len() != before
+            };
+            if removed {
+                self.intake
+                    .ingress
+                    .unsubscribe(conn.session.key, filter)
+                    .await
+                    .map_err(|_| End::Broker)?;
+            }
+            // MQTT 5: 0x11, No subscription existed.
+            codes.push(if removed { 0 } else { 0x11 });
+        }
+        conn.out
+            .extend_from_slice(&codec::unsuback(pkid, &codes, conn.peer.v5));
+        Ok(())
     }
 
     fn reject(&self, reason: &'static str, detail: &str) {
-        tracing::warn!(
-            reason,
-            detail,
-            "MQTT connection refused or closed by the edge"
-        );
+        tracing::warn!(reason, detail, "MQTT connection refused or closed by the edge");
         self.metrics
             .connections_rejected
             .with_label_values(&[reason])
@@ -1091,6 +941,7 @@ impl Edge {
             FrameError::Malformed(_) => "malformed_packet",
             FrameError::NotConnect(_) => "expected_connect",
             FrameError::UnknownProtocol => "unknown_protocol",
+            FrameError::Unexpected(_) => "unexpected_packet",
         };
         self.metrics
             .protocol_errors
@@ -1100,98 +951,32 @@ impl Edge {
     }
 }
 
+/// A shared subscription names a group without wildcards and a filter after it
+/// (`$share/<group>/<filter>`, MQTT-4.8.2-1, -2).
+fn shared_filter_ok(filter: &str) -> bool {
+    let mut parts = filter.splitn(3, '/');
+    let (_, group, rest) = (parts.next(), parts.next(), parts.next());
+    matches!((group, rest), (Some(g), Some(r)) if !g.is_empty() && !g.contains(['+', '#']) && !r.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn waits(fate: WillFate) -> bool {
-        matches!(fate, WillFate::Wait(..))
+    #[test]
+    fn shared_filters_need_a_group_and_a_filter() {
+        assert!(shared_filter_ok("$share/g/a/#"));
+        assert!(!shared_filter_ok("$share/g"));
+        assert!(!shared_filter_ok("$share//a"));
+        assert!(!shared_filter_ok("$share/g+/a"));
     }
 
     #[test]
-    fn a_resumed_session_cancels_a_pending_will() {
-        let mut s = Sessions::default();
-        let (g1, _) = s.connected("esp", true);
-        let WillFate::Wait(cancel, fire_now) = s.will_fate("esp", g1, true) else {
-            panic!("the will should wait");
-        };
-        s.disconnected("esp");
-        let (_, cancelled) = s.connected("esp", false);
-        assert!(cancelled && cancel.is_cancelled() && !fire_now.is_cancelled());
-    }
-
-    #[test]
-    fn a_fresh_session_sends_a_pending_will_now() {
-        let mut s = Sessions::default();
-        let (g1, _) = s.connected("esp", true);
-        let WillFate::Wait(cancel, fire_now) = s.will_fate("esp", g1, true) else {
-            panic!("the will should wait");
-        };
-        let (_, cancelled) = s.connected("esp", true);
-        assert!(!cancelled && fire_now.is_cancelled() && !cancel.is_cancelled());
-    }
-
-    #[test]
-    fn takeover_settles_the_old_will_by_the_new_clean_start() {
-        let mut s = Sessions::default();
-        let (g1, _) = s.connected("esp", true);
-        s.connected("esp", false);
-        assert!(matches!(s.will_fate("esp", g1, true), WillFate::Cancelled));
-        let (g3, _) = s.connected("tas", true);
-        s.connected("tas", true);
-        assert!(matches!(s.will_fate("tas", g3, true), WillFate::Now));
-    }
-
-    #[test]
-    fn empty_client_ids_never_share_a_will() {
-        let mut s = Sessions::default();
-        let (g1, _) = s.connected("", true);
-        assert!(waits(s.will_fate("", g1, true)));
-        let (_, cancelled) = s.connected("", false);
-        assert!(!cancelled);
-        assert!(s.pending.is_empty() && s.latest.is_empty());
-    }
-
-    #[test]
-    fn an_older_end_handled_late_is_settled_by_the_newer_session() {
-        let mut s = Sessions::default();
-        let (g1, _) = s.connected("esp", true);
-        let (g2, _) = s.connected("esp", false);
-        // The newer connection's end is handled first; its will waits.
-        let WillFate::Wait(cancel, _) = s.will_fate("esp", g2, false) else {
-            panic!("the newer will should wait");
-        };
-        s.disconnected("esp");
-        // The older one's end comes late: the newer session resumed it, so no will, and the
-        // newer will keeps waiting.
-        assert!(matches!(s.will_fate("esp", g1, true), WillFate::Cancelled));
-        assert!(!cancel.is_cancelled());
-        assert_eq!(s.pending.get("esp").map(|p| p.generation), Some(g2));
-    }
-
-    #[test]
-    fn entries_live_while_a_connection_does() {
-        let mut s = Sessions::default();
-        let (g1, _) = s.connected("esp", true);
-        assert!(waits(s.will_fate("esp", g1, true)));
-        s.disconnected("esp");
-        s.settled("esp", g1);
-        assert!(s.pending.is_empty() && s.latest.is_empty());
-        // conn1 is still ending (a slow write) while conn2 comes and goes cleanly.
-        let (g1, _) = s.connected("esp", true);
-        let (g2, _) = s.connected("esp", false);
-        s.disconnected("esp");
-        assert_eq!(s.latest.get("esp").map(|l| l.0), Some(g2));
-        // conn1's will is settled by conn2's Clean Start 0: cancelled.
-        assert!(matches!(s.will_fate("esp", g1, true), WillFate::Cancelled));
-        s.disconnected("esp");
-        assert!(s.latest.is_empty());
-    }
-
-    #[test]
-    fn edge_packet_ids_start_above_rumqttds() {
-        for _ in 0..100 {
-            assert!(first_edge_pkid() >= FIRST_EDGE_PKID);
-        }
+    fn only_a_normal_disconnect_keeps_the_will() {
+        assert!(!End::Disconnect { with_will: false }.publishes_will());
+        assert!(End::Disconnect { with_will: true }.publishes_will());
+        assert!(End::Vanished.publishes_will());
+        assert!(End::TakenOver.publishes_will());
+        assert!(!End::Shutdown.publishes_will());
     }
 }

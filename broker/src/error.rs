@@ -15,9 +15,12 @@ pub enum Error {
         /// Why the bind failed.
         source: std::io::Error,
     },
-    /// rumqttd's internal loopback listeners did not come up.
+    /// A thread of the embedded broker could not be started.
     #[error("the embedded broker did not start: {0}")]
     Startup(String),
+    /// An operation named a router link that is not open (a bug in the broker crate).
+    #[error("router link {0} is not open")]
+    UnknownLink(u64),
     /// An in-process link to rumqttd's router could not be created or has failed.
     #[error("in-process broker link {client_id}: {source}")]
     Link {
@@ -51,9 +54,6 @@ pub enum Error {
         /// Which rule it breaks.
         reason: &'static str,
     },
-    /// A packet handed to the in-process client does not decode as what it must be.
-    #[error("not a decodable MQTT 5 {0}")]
-    BadPacket(&'static str),
     /// The broker has shut down; the in-process client can no longer be used.
     #[error("the broker has shut down")]
     Closed,

@@ -1,15 +1,12 @@
-//! MQTT wire framing as the edge needs it: split a byte stream into packets (fixed header and
-//! remaining length), read the few fields the edge acts on (CONNECT's protocol level, client
-//! id, clean start and will; PUBLISH's retain flag, topic and payload size), and the one
-//! rewrite the edge makes itself (a CONNECT without its will). Full decoding stays with
-//! rumqttd's codecs behind the edge.
+//! MQTT wire framing: split a byte stream into packets (fixed header and remaining length),
+//! read CONNECT (protocol level, client id, flags, will, credentials, MQTT 5 properties), split
+//! and encode PUBLISH, walk MQTT 5 property blocks. The packets after CONNECT are decoded in
+//! `codec.rs`.
 
 /// MQTT control packet types the edge looks at (the high nibble of the first byte).
 pub mod kind {
     /// CONNECT, the first packet of every connection.
     pub const CONNECT: u8 = 1;
-    /// CONNACK, the server's answer to CONNECT.
-    pub const CONNACK: u8 = 2;
     /// PUBLISH, in either direction.
     pub const PUBLISH: u8 = 3;
     /// PUBACK, QoS 1 acknowledgement.
@@ -22,12 +19,10 @@ pub mod kind {
     pub const PUBCOMP: u8 = 7;
     /// SUBSCRIBE.
     pub const SUBSCRIBE: u8 = 8;
-    /// SUBACK.
-    pub const SUBACK: u8 = 9;
     /// UNSUBSCRIBE.
     pub const UNSUBSCRIBE: u8 = 10;
-    /// UNSUBACK.
-    pub const UNSUBACK: u8 = 11;
+    /// PINGREQ.
+    pub const PINGREQ: u8 = 12;
     /// DISCONNECT: from the client, a clean close (no will unless MQTT 5 reason 0x04).
     pub const DISCONNECT: u8 = 14;
     /// AUTH (MQTT 5 only).
@@ -57,6 +52,9 @@ pub enum FrameError {
     /// CONNECT names a protocol other than MQTT.
     #[error("unknown protocol name")]
     UnknownProtocol,
+    /// A packet type a client may not send after CONNECT (a second CONNECT, a CONNACK, ...).
+    #[error("unexpected packet type {0}")]
+    Unexpected(u8),
 }
 
 /// The header of one packet found at the start of a buffer.
@@ -140,6 +138,74 @@ pub struct Connect {
     pub clean_start: bool,
     /// The will, if the client set one.
     pub will: Option<Will>,
+    /// Keep Alive in seconds (0: none).
+    pub keep_alive: u16,
+    /// The user name, if given.
+    pub username: Option<String>,
+    /// The password, if given.
+    pub password: Option<Vec<u8>>,
+    /// MQTT 5 properties of the CONNECT that the session needs.
+    pub properties: ConnectProperties,
+}
+
+/// The MQTT 5 CONNECT properties the edge acts on (MQTT 5 §3.1.2.11); defaults for 3.1.1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectProperties {
+    /// Session Expiry Interval in seconds (0x11); 0 when absent.
+    pub session_expiry: u32,
+    /// Receive Maximum (0x21): QoS 1/2 publishes the client takes unacknowledged.
+    pub receive_maximum: u16,
+    /// Maximum Packet Size (0x27) the client accepts.
+    pub maximum_packet_size: u32,
+    /// Topic Alias Maximum (0x22) the client accepts; the edge sends no aliases.
+    pub topic_alias_maximum: u16,
+    /// Whether an Authentication Method (0x15) was given; Roost supports none.
+    pub auth_method: bool,
+}
+
+impl Default for ConnectProperties {
+    fn default() -> Self {
+        ConnectProperties {
+            session_expiry: 0,
+            receive_maximum: u16::MAX,
+            maximum_packet_size: u32::MAX,
+            topic_alias_maximum: 0,
+            auth_method: false,
+        }
+    }
+}
+
+impl ConnectProperties {
+    /// Reads a CONNECT's property block (its length field included).
+    fn parse(block: &[u8]) -> Result<Self, FrameError> {
+        let mut props = ConnectProperties::default();
+        let mut valid = true;
+        let be = |raw: &[u8]| raw.iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b));
+        walk_properties(block, |id, raw| {
+            let value = &raw[1..];
+            match id {
+                0x11 => props.session_expiry = be(value),
+                0x21 => {
+                    props.receive_maximum = be(value) as u16;
+                    valid &= props.receive_maximum != 0;
+                }
+                0x27 => {
+                    props.maximum_packet_size = be(value);
+                    valid &= props.maximum_packet_size != 0;
+                }
+                0x22 => props.topic_alias_maximum = be(value) as u16,
+                0x15 => props.auth_method = true,
+                0x16 | 0x17 | 0x19 | 0x26 => {}
+                _ => valid = false,
+            }
+        })
+        .ok_or(FrameError::Malformed("CONNECT properties"))?;
+        if valid {
+            Ok(props)
+        } else {
+            Err(FrameError::Malformed("CONNECT properties"))
+        }
+    }
 }
 
 /// The parts of a will the edge tracks.
@@ -164,20 +230,6 @@ impl Will {
             v.get(..4)
                 .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
         })
-    }
-
-    /// The will as an MQTT 5 PUBLISH at QoS 0, retain clear, with its properties less the
-    /// will delay (which is no publish property).
-    pub fn to_publish(&self) -> Vec<u8> {
-        let properties =
-            filter_properties(&self.properties, |id| id != 0x18).unwrap_or_else(|| vec![0]);
-        PublishParts {
-            topic: self.topic.as_bytes(),
-            packet_id: None,
-            properties: &properties,
-            payload: &self.payload,
-        }
-        .encode(0x30)
     }
 
     /// Whether the will's properties are well formed and all allowed in a will (MQTT 5
@@ -239,7 +291,7 @@ fn skip_varint(bytes: &[u8]) -> Option<&[u8]> {
 }
 
 /// Appends `value` as an MQTT variable byte integer.
-fn push_varint(out: &mut Vec<u8>, mut value: usize) {
+pub fn push_varint(out: &mut Vec<u8>, mut value: usize) {
     loop {
         let mut b = (value % 128) as u8;
         value /= 128;
@@ -271,53 +323,6 @@ fn property_value_len(id: u8, value: &[u8]) -> Option<usize> {
         }
         _ => None,
     }
-}
-
-/// A CONNECT (MQTT 5 form) as rumqttd gets it: without its will (flags cleared, will
-/// properties, topic and payload removed; the edge fires wills itself, edge.rs), without a
-/// Topic Alias Maximum (rumqttd keys the aliases it sends by filter, not by topic, so a client
-/// allowing them would file messages under the wrong topic), and with a keep-alive of 0 ("no
-/// keep-alive", valid MQTT that rumqttd refuses without a CONNACK, RUMQTTD.md defect 11) made
-/// the longest one, so rumqttd drops such a client only after about 27 hours of silence.
-pub fn prepare_connect(connect: &[u8], header: &Header) -> Option<Vec<u8>> {
-    let body = connect.get(header.header_len..header.total_len())?;
-    let flags = *body.get(7)?;
-    // name (6) level (1) flags (1) keep-alive (2), then the CONNECT properties.
-    let props = property_block_len(body.get(10..)?)?;
-    let kept = filter_properties(body.get(10..10 + props)?, |id| id != 0x22)?;
-    let id_at = 10 + props;
-    let id_len = usize::from(u16::from_be_bytes([
-        *body.get(id_at)?,
-        *body.get(id_at + 1)?,
-    ]));
-    let will_at = id_at + 2 + id_len;
-    let rest_at = if flags & 0x04 == 0 {
-        will_at
-    } else {
-        let will_props = property_block_len(body.get(will_at..)?)?;
-        let topic_at = will_at + will_props;
-        let topic_len = usize::from(u16::from_be_bytes([
-            *body.get(topic_at)?,
-            *body.get(topic_at + 1)?,
-        ]));
-        let payload_at = topic_at + 2 + topic_len;
-        let payload_len = usize::from(u16::from_be_bytes([
-            *body.get(payload_at)?,
-            *body.get(payload_at + 1)?,
-        ]));
-        payload_at + 2 + payload_len
-    };
-    let mut out = Vec::with_capacity(body.len());
-    out.extend_from_slice(body.get(..7)?);
-    out.push(flags & !(0x04 | 0x18 | 0x20));
-    match body.get(8..10)? {
-        [0, 0] => out.extend_from_slice(&[0xff, 0xff]),
-        keep_alive => out.extend_from_slice(keep_alive),
-    }
-    out.extend_from_slice(&kept);
-    out.extend_from_slice(body.get(id_at..will_at)?);
-    out.extend_from_slice(body.get(rest_at..)?);
-    Some(packet(header.byte1, &out))
 }
 
 /// A cursor over a packet body that fails with the packet's name instead of panicking.
@@ -358,24 +363,6 @@ impl<'a> Reader<'a> {
             .map_err(|_| FrameError::Malformed(what))
     }
 
-    /// An MQTT 5 variable byte integer.
-    fn varint(&mut self) -> Result<usize, FrameError> {
-        let mut value = 0usize;
-        for shift in [0, 7, 14, 21] {
-            let b = self.u8()?;
-            value |= usize::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err(FrameError::Malformed(self.what))
-    }
-
-    /// Skips an MQTT 5 property block.
-    fn skip_properties(&mut self) -> Result<(), FrameError> {
-        let len = self.varint()?;
-        self.take(len).map(|_| ())
-    }
 }
 
 /// Reads a CONNECT packet (the whole packet, fixed header included).
@@ -398,18 +385,30 @@ pub fn parse_connect(packet: &[u8], header: &Header) -> Result<Connect, FrameErr
         (b"MQTT" | b"MQIsdp", other) => Protocol::Other(other),
         _ => return Err(FrameError::UnknownProtocol),
     };
+    let mut connect = Connect {
+        protocol,
+        client_id: String::new(),
+        clean_start: true,
+        will: None,
+        keep_alive: 0,
+        username: None,
+        password: None,
+        properties: ConnectProperties::default(),
+    };
     if matches!(protocol, Protocol::V31 | Protocol::Other(_)) {
-        return Ok(Connect {
-            protocol,
-            client_id: String::new(),
-            clean_start: true,
-            will: None,
-        });
+        return Ok(connect);
     }
     let flags = r.u8()?;
-    let _keep_alive = r.u16()?;
+    // Bit 0 is reserved (MQTT-3.1.2-3); a will QoS of 3 or will flags without a will are
+    // malformed (MQTT-3.1.2-11, -13, -14, -15).
+    let will_flags_without_will = flags & 0x04 == 0 && flags & 0x38 != 0;
+    if flags & 0x01 != 0 || (flags >> 3) & 0x03 == 3 || will_flags_without_will {
+        return Err(FrameError::Malformed("CONNECT flags"));
+    }
+    connect.keep_alive = r.u16()?;
     if protocol == Protocol::V5 {
-        r.skip_properties()?;
+        let len = property_block_len(r.buf).ok_or(FrameError::Malformed("CONNECT"))?;
+        connect.properties = ConnectProperties::parse(r.take(len)?)?;
     }
     let client_id = r.string()?;
     let will = if flags & 0x04 != 0 {
@@ -431,23 +430,16 @@ pub fn parse_connect(packet: &[u8], header: &Header) -> Result<Connect, FrameErr
     } else {
         None
     };
-    Ok(Connect {
-        protocol,
-        client_id,
-        clean_start: flags & 0x02 != 0,
-        will,
-    })
-}
-
-/// What the edge needs to know about a PUBLISH packet.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PublishInfo {
-    /// The topic name; empty when an MQTT 5 client uses a topic alias instead.
-    pub topic: String,
-    /// The retain flag.
-    pub retain: bool,
-    /// Whether the payload is empty.
-    pub empty: bool,
+    if flags & 0x80 != 0 {
+        connect.username = Some(r.string()?);
+    }
+    if flags & 0x40 != 0 {
+        connect.password = Some(r.binary()?.to_vec());
+    }
+    connect.client_id = client_id;
+    connect.clean_start = flags & 0x02 != 0;
+    connect.will = will;
+    Ok(connect)
 }
 
 /// The parts of a PUBLISH packet, borrowed from it.
@@ -504,26 +496,6 @@ impl<'a> PublishParts<'a> {
         body.extend_from_slice(self.payload);
         packet(byte1, &body)
     }
-}
-
-/// Reads a PUBLISH packet (the whole packet, fixed header included) of the given protocol.
-pub fn parse_publish(
-    packet: &[u8],
-    header: &Header,
-    protocol: Protocol,
-) -> Result<PublishInfo, FrameError> {
-    let malformed = FrameError::Malformed("PUBLISH");
-    if (header.byte1 >> 1) & 0x03 == 3 {
-        return Err(malformed);
-    }
-    let parts =
-        PublishParts::split(packet, header, protocol == Protocol::V5).ok_or(malformed.clone())?;
-    let topic = std::str::from_utf8(parts.topic).map_err(|_| malformed)?;
-    Ok(PublishInfo {
-        topic: topic.to_owned(),
-        retain: header.byte1 & 0x01 != 0,
-        empty: parts.payload.is_empty(),
-    })
 }
 
 /// Encodes a CONNACK refusing the connection, in the client's protocol generation.
@@ -610,7 +582,7 @@ mod tests {
     }
 
     #[test]
-    fn will_properties_delay_and_publish_form() {
+    fn will_delay_is_read_from_the_properties() {
         // Will properties: delay 30 s (0x18), content type "t" (0x03).
         let will = Will {
             topic: "dev/x/avail".into(),
@@ -620,68 +592,11 @@ mod tests {
             properties: vec![9, 0x18, 0, 0, 0, 30, 0x03, 0, 1, b't'],
         };
         assert_eq!(will.delay_seconds(), 30);
-        let p = will.to_publish();
-        let h = header(&p);
-        let info = parse_publish(&p, &h, Protocol::V5).unwrap();
-        assert_eq!(info.topic, "dev/x/avail");
-        assert!(!info.retain);
-        // The delay is gone, the content type kept: property block [4, 0x03, 0, 1, 't'].
-        let body = &p[h.header_len..];
-        assert_eq!(&body[2 + 11..2 + 11 + 5], &[4, 0x03, 0, 1, b't']);
-        assert!(body.ends_with(b"offline"));
         let plain = Will {
             properties: vec![0],
             ..will
         };
         assert_eq!(plain.delay_seconds(), 0);
-    }
-
-    #[test]
-    fn prepare_connect_strips_the_will_and_keeps_the_rest() {
-        // MQTT 5 CONNECT, will flag + will retain + will QoS 1, user name flag.
-        let mut body = vec![
-            0,
-            4,
-            b'M',
-            b'Q',
-            b'T',
-            b'T',
-            5,
-            0x02 | 0x04 | 0x08 | 0x20 | 0x80,
-            0,
-            60,
-            0,
-        ];
-        body.extend_from_slice(&[0, 2, b'c', b'1']);
-        body.extend_from_slice(&[0]); // will properties
-        body.extend_from_slice(&[0, 1, b'w', 0, 3, b'b', b'y', b'e']);
-        body.extend_from_slice(&[0, 2, b'u', b'1']);
-        let p = packet(0x10, &body);
-        let stripped = prepare_connect(&p, &header(&p)).unwrap();
-        let c = parse_connect(&stripped, &header(&stripped)).unwrap();
-        assert_eq!(c.client_id, "c1");
-        assert_eq!(c.will, None);
-        let sb = &stripped[header(&stripped).header_len..];
-        assert_eq!(sb[7], 0x02 | 0x80);
-        assert!(sb.ends_with(&[0, 2, b'u', b'1']));
-    }
-
-    #[test]
-    fn prepare_connect_drops_topic_alias_maximum() {
-        // MQTT 5 CONNECT, no will; properties: session expiry 60 (0x11), topic alias max 10 (0x22).
-        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60];
-        body.extend_from_slice(&[8, 0x11, 0, 0, 0, 60, 0x22, 0, 10]);
-        body.extend_from_slice(&[0, 2, b'c', b'2']);
-        let p = packet(0x10, &body);
-        let prepared = prepare_connect(&p, &header(&p)).unwrap();
-        let b = &prepared[header(&prepared).header_len..];
-        assert_eq!(&b[10..16], &[5, 0x11, 0, 0, 0, 60]);
-        assert_eq!(
-            parse_connect(&prepared, &header(&prepared))
-                .unwrap()
-                .client_id,
-            "c2"
-        );
     }
 
     #[test]
@@ -846,30 +761,4 @@ mod tests {
         );
     }
 
-    #[test]
-    fn publish_fields() {
-        // QoS 1, retain, topic "a/b", packet id 7, payload "on"
-        let p = [0x33, 9, 0, 3, b'a', b'/', b'b', 0, 7, b'o', b'n'];
-        let info = parse_publish(&p, &header(&p), Protocol::V311).unwrap();
-        assert_eq!(
-            info,
-            PublishInfo {
-                topic: "a/b".into(),
-                retain: true,
-                empty: false
-            }
-        );
-        // MQTT 5, QoS 0, empty property block, empty payload
-        let q = [0x31, 6, 0, 3, b'a', b'/', b'b', 0];
-        let info = parse_publish(&q, &header(&q), Protocol::V5).unwrap();
-        assert!(info.empty && info.retain);
-    }
-
-    #[test]
-    fn publish_rejects_qos3_and_truncation() {
-        let p = [0x36, 5, 0, 3, b'a', b'/', b'b'];
-        assert!(parse_publish(&p, &header(&p), Protocol::V311).is_err());
-        let q = [0x30, 3, 0, 9, b'a'];
-        assert!(parse_publish(&q, &header(&q), Protocol::V311).is_err());
-    }
 }

@@ -1,29 +1,37 @@
 //! Roost's embedded MQTT broker.
 //!
-//! rumqttd's router does topic matching, fan-out and QoS; Roost owns the network edge in
-//! front of it. Layout:
-//! - `edge`: the public listener (one port, MQTT 3.1.1 and 5), limits, metrics, watching
-//!   every packet that enters;
-//! - `translate`: MQTT 3.1.1 clients spoken to rumqttd as MQTT 5, and back;
-//! - `embed`: rumqttd's router, its internal MQTT 5 server, and in-process links;
+//! Roost owns the network edge and the MQTT sessions; rumqttd's router behind it matches
+//! topics and fans messages out. Layout:
+//! - `edge`: the public listener (one port, MQTT 3.1.1 and 5), limits, and one task per
+//!   connection that runs the client's session;
+//! - `session`: what outlives a connection (subscriptions, queue, QoS 1/2 state, will,
+//!   expiry) and the flow control that holds publishers back;
+//! - `codec`, `frame`: MQTT packets, decoded and encoded;
+//! - `intake`, `envelope`: where every message enters as a typed `Publication`, and the
+//!   envelope that carries it through the router;
+//! - `ingress`, `embed`: rumqttd's router, and the thread that feeds it;
 //! - `client`: [`BrokerClient`], how the rest of the node publishes and subscribes;
-//! - `frame`: MQTT framing as the edge needs it;
-//! - `retained`, `topic`: the retained set Roost keeps (rumqttd keeps none), durable in redb
-//!   and delivered by the edge on every subscribe;
+//! - `retained`, `topic`: the retained set Roost keeps (rumqttd keeps none), durable in redb;
+//! - `auth`: the authorization hook;
 //! - `metrics`, `settings`, `error`.
 //!
 //! docs/broker.md explains the design and which rumqttd defect each part answers.
 
+mod auth;
 mod client;
+mod codec;
 mod edge;
 mod embed;
+mod envelope;
 mod error;
 mod frame;
+mod ingress;
+mod intake;
 mod metrics;
 mod retained;
+mod session;
 mod settings;
 mod topic;
-mod translate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,12 +40,20 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use auth::{AllowAll, Authorizer, ClientInfo};
 pub use client::{validate_filter, validate_topic, BrokerClient, Message, Subscription};
 pub use error::{Error, Result};
 pub use metrics::BrokerMetrics;
 pub use settings::BrokerSettings;
 
+use crate::ingress::Ingress;
+use crate::intake::Intake;
 use crate::retained::Retained;
+use crate::session::{Flow, Limits, Registry};
+
+/// QoS 1/2 deliveries in flight per connection (lowered by a client's Receive Maximum), and
+/// the Receive Maximum the edge announces to MQTT 5 clients.
+const MAX_INFLIGHT: u16 = 100;
 
 /// A running broker: its listener address, its in-process client and its metrics.
 pub struct Broker {
@@ -52,12 +68,25 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Binds the public listener, starts rumqttd behind it and begins accepting clients.
+    /// Binds the public listener, starts rumqttd behind it and begins accepting clients, with
+    /// every client allowed everything ([`AllowAll`]).
     ///
     /// Called once per process. The accept loop and every connection run on `tracker` and
     /// stop when `token` is cancelled; rumqttd's own threads end with the process.
     pub async fn start(
         settings: BrokerSettings,
+        registry: &prometheus::Registry,
+        token: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Result<Broker> {
+        Self::start_with(settings, Arc::new(AllowAll), registry, token, tracker).await
+    }
+
+    /// [`Broker::start`] with an authorization hook that decides every publish and
+    /// subscription of network clients.
+    pub async fn start_with(
+        settings: BrokerSettings,
+        authorizer: Arc<dyn Authorizer>,
         registry: &prometheus::Registry,
         token: CancellationToken,
         tracker: &TaskTracker,
@@ -80,25 +109,31 @@ impl Broker {
             addr: settings.listen,
             source,
         })?;
-        let embedded = embed::start(&settings).await?;
-        tracing::debug!(internal = %embedded.v5, "rumqttd's internal server is up");
+        // Sessions that subscribed hold a router link while their client is away too.
+        let links = embed::start(settings.max_connections * 2);
+        let ingress = Ingress::start(links)?;
         tracing::info!(retained = loaded, "retained messages restored");
-        let client = BrokerClient::start(
-            embedded.links.clone(),
+        let intake = Arc::new(Intake::new(ingress, retained.clone()));
+        let client = BrokerClient::new(
+            intake.clone(),
             metrics.clone(),
-            retained.clone(),
             token.clone(),
             tracker.clone(),
-        )
-        .await?;
+        );
+        let limits = Limits {
+            max_queued: settings.max_queued_messages,
+            max_inflight: MAX_INFLIGHT,
+        };
         let edge = Arc::new(edge::Edge {
             settings,
-            upstream: embedded.v5,
             metrics: metrics.clone(),
-            retained: retained.clone(),
-            client: client.clone(),
-            sessions: Arc::default(),
+            intake,
+            sessions: Registry::default(),
+            flow: Flow::new(),
+            limits,
+            authorizer,
             tracker: tracker.clone(),
+            shutdown: token.clone(),
         });
         tracker.spawn(edge::run(edge, listener, token, tracker.clone()));
         Ok(Broker {

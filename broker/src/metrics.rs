@@ -3,6 +3,25 @@
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
+/// QoS label values.
+const QOS: [&str; 3] = ["0", "1", "2"];
+
+/// Why a message was not delivered to a session (`roost_mqtt_messages_dropped_total`).
+const DROP_REASONS: [&str; 6] = [
+    // A QoS 0 message for a session whose client is away (QoS 0 is not queued).
+    "offline_qos0",
+    // The session's queue was full: QoS 0 under overload, or QoS 1/2 for a client away.
+    "queue_full",
+    // Larger than the client's Maximum Packet Size (MQTT 5).
+    "packet_too_large",
+    // Its Message Expiry Interval ran out while queued.
+    "expired",
+    // The authorization hook refused the publish.
+    "not_authorized",
+    // The router carried something that is not an envelope (a bug).
+    "not_an_envelope",
+];
+
 /// Counters and gauges of the embedded broker, cheap to clone.
 #[derive(Clone)]
 pub struct BrokerMetrics {
@@ -14,10 +33,20 @@ pub struct BrokerMetrics {
     pub connections_rejected: IntCounterVec,
     /// Protocol violations by network clients, by reason.
     pub protocol_errors: IntCounterVec,
-    /// PUBLISH packets that entered the broker, by source (`network` or `local`).
+    /// PUBLISH packets that entered the broker, by source (`network` or `local`) and QoS.
     pub messages_received: IntCounterVec,
-    /// PUBLISH packets the broker delivered, by destination (`network` or `local`).
+    /// PUBLISH packets the broker delivered, by destination (`network` or `local`) and QoS.
     pub messages_sent: IntCounterVec,
+    /// Topic and payload bytes of the PUBLISH packets received from network clients, by QoS.
+    pub publish_bytes_received: IntCounterVec,
+    /// Bytes of the PUBLISH packets delivered to network clients, by QoS.
+    pub publish_bytes_sent: IntCounterVec,
+    /// MQTT sessions kept now (connected or waiting for their client).
+    pub sessions: IntGauge,
+    /// Sessions ended because their Session Expiry Interval ran out.
+    pub sessions_expired: IntCounter,
+    /// Messages not delivered to a session, by reason.
+    pub dropped: IntCounterVec,
     /// Bytes read from network clients.
     pub bytes_received: IntCounter,
     /// Bytes written to network clients.
@@ -62,16 +91,45 @@ impl BrokerMetrics {
             messages_received: IntCounterVec::new(
                 Opts::new(
                     "roost_mqtt_messages_received_total",
-                    "PUBLISH packets received by the broker, by source",
+                    "PUBLISH packets received by the broker, by source and QoS",
                 ),
-                &["source"],
+                &["source", "qos"],
             )?,
             messages_sent: IntCounterVec::new(
                 Opts::new(
                     "roost_mqtt_messages_sent_total",
-                    "PUBLISH packets delivered by the broker, by destination",
+                    "PUBLISH packets delivered by the broker, by destination and QoS",
                 ),
-                &["destination"],
+                &["destination", "qos"],
+            )?,
+            publish_bytes_received: IntCounterVec::new(
+                Opts::new(
+                    "roost_mqtt_publish_bytes_received_total",
+                    "Topic and payload bytes of PUBLISH packets from network clients, by QoS",
+                ),
+                &["qos"],
+            )?,
+            publish_bytes_sent: IntCounterVec::new(
+                Opts::new(
+                    "roost_mqtt_publish_bytes_sent_total",
+                    "Bytes of PUBLISH packets delivered to network clients, by QoS",
+                ),
+                &["qos"],
+            )?,
+            sessions: IntGauge::new(
+                "roost_mqtt_sessions",
+                "MQTT sessions kept, connected or waiting for their client",
+            )?,
+            sessions_expired: IntCounter::new(
+                "roost_mqtt_sessions_expired_total",
+                "MQTT sessions ended by their Session Expiry Interval",
+            )?,
+            dropped: IntCounterVec::new(
+                Opts::new(
+                    "roost_mqtt_messages_dropped_total",
+                    "Messages not delivered to a session, by reason",
+                ),
+                &["reason"],
             )?,
             bytes_received: IntCounter::new(
                 "roost_mqtt_bytes_received_total",
@@ -113,14 +171,46 @@ impl BrokerMetrics {
         registry.register(Box::new(m.retained_persist_errors.clone()))?;
         registry.register(Box::new(m.retained_bytes.clone()))?;
         registry.register(Box::new(m.wills.clone()))?;
+        registry.register(Box::new(m.publish_bytes_received.clone()))?;
+        registry.register(Box::new(m.publish_bytes_sent.clone()))?;
+        registry.register(Box::new(m.sessions.clone()))?;
+        registry.register(Box::new(m.sessions_expired.clone()))?;
+        registry.register(Box::new(m.dropped.clone()))?;
         // Touch the label values so every series is exported from the start, at zero.
         for outcome in ["published", "delayed", "cancelled"] {
             m.wills.with_label_values(&[outcome]);
         }
-        for source in ["network", "local"] {
-            m.messages_received.with_label_values(&[source]);
-            m.messages_sent.with_label_values(&[source]);
+        for qos in QOS {
+            for source in ["network", "local"] {
+                m.messages_received.with_label_values(&[source, qos]);
+                m.messages_sent.with_label_values(&[source, qos]);
+            }
+            m.publish_bytes_received.with_label_values(&[qos]);
+            m.publish_bytes_sent.with_label_values(&[qos]);
+        }
+        for reason in DROP_REASONS {
+            m.dropped.with_label_values(&[reason]);
         }
         Ok(m)
+    }
+
+    /// Counts a PUBLISH from a network client of `bytes` topic and payload bytes.
+    pub(crate) fn count_received(&self, qos: u8, bytes: usize) {
+        let qos = QOS[usize::from(qos.min(2))];
+        self.messages_received
+            .with_label_values(&["network", qos])
+            .inc();
+        self.publish_bytes_received
+            .with_label_values(&[qos])
+            .inc_by(bytes as u64);
+    }
+
+    /// Counts a PUBLISH of `bytes` bytes delivered to a network client.
+    pub(crate) fn count_sent(&self, qos: u8, bytes: usize) {
+        let qos = QOS[usize::from(qos.min(2))];
+        self.messages_sent.with_label_values(&["network", qos]).inc();
+        self.publish_bytes_sent
+            .with_label_values(&[qos])
+            .inc_by(bytes as u64);
     }
 }

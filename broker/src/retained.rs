@@ -17,7 +17,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
-use crate::frame::{Header, PublishInfo, PublishParts};
+use crate::frame::PublishParts;
 
 /// topic → the message's QoS (one byte), then the message as an MQTT 5 PUBLISH packet (QoS 0,
 /// retain set, properties kept).
@@ -47,15 +47,6 @@ impl Stored {
         PublishParts::split(&self.packet, &header, true)
     }
 
-    /// The message's topic.
-    pub(crate) fn topic(&self) -> Option<&[u8]> {
-        self.parts().map(|p| p.topic)
-    }
-
-    /// The message's payload.
-    pub(crate) fn payload(&self) -> Option<&[u8]> {
-        self.parts().map(|p| p.payload)
-    }
 }
 
 /// What a publish does to the retained set.
@@ -99,53 +90,6 @@ struct Op {
     topic: String,
     change: Change,
     done: oneshot::Sender<Result<(), String>>,
-}
-
-/// What a publish does to the retained set (MQTT §3.3.1.3): only a publish with the retain
-/// flag changes it; with a payload it sets, with an empty payload it deletes.
-pub(crate) fn change_of(info: &PublishInfo, v5_packet: &[u8], header: &Header) -> Option<Change> {
-    if info.topic.is_empty() || !info.retain {
-        // Not retained, or an MQTT 5 topic alias Roost cannot name (rumqttd resolves those).
-        return None;
-    }
-    if info.empty {
-        return Some(Change::Delete);
-    }
-    let qos = (header.byte1 >> 1) & 0x03;
-    stored_form(v5_packet, header).map(|packet| {
-        Change::Set(Stored {
-            qos,
-            packet: packet.into(),
-        })
-    })
-}
-
-/// The stored form of an MQTT 5 PUBLISH: QoS 0 with the retain flag, without its packet id,
-/// and without the properties that belong to the publisher's connection (Topic Alias,
-/// Subscription Identifier), which would mean something else to each subscriber.
-fn stored_form(packet: &[u8], header: &Header) -> Option<Vec<u8>> {
-    let parts = PublishParts::split(packet, header, true)?;
-    let properties =
-        crate::frame::filter_properties(parts.properties, |id| id != 0x23 && id != 0x0b)?;
-    Some(
-        PublishParts {
-            packet_id: None,
-            properties: &properties,
-            ..parts
-        }
-        .encode(0x31),
-    )
-}
-
-/// An MQTT 5 PUBLISH (QoS 0, retained, no properties) of `payload` on `topic`.
-pub(crate) fn publish_packet(topic: &str, payload: &[u8]) -> Vec<u8> {
-    PublishParts {
-        topic: topic.as_bytes(),
-        packet_id: None,
-        properties: &[0],
-        payload,
-    }
-    .encode(0x31)
 }
 
 impl Retained {
@@ -354,7 +298,17 @@ fn commit(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{self, parse_header, parse_publish, Protocol};
+
+    /// An MQTT 5 PUBLISH (QoS 0, retained, no properties) of `payload` on `topic`.
+    fn publish_packet(topic: &str, payload: &[u8]) -> Vec<u8> {
+        PublishParts {
+            topic: topic.as_bytes(),
+            packet_id: None,
+            properties: &[0],
+            payload,
+        }
+        .encode(0x31)
+    }
 
     fn metrics() -> (IntGauge, IntGauge, IntCounter) {
         (
@@ -364,52 +318,11 @@ mod tests {
         )
     }
 
-    #[test]
-    fn stored_form_drops_qos_and_packet_id() {
-        // MQTT 5, QoS 1, retain, topic "a/b", packet id 7, one property, payload "on".
-        let p = frame::packet(
-            0x33,
-            &[0, 3, b'a', b'/', b'b', 0, 7, 2, 0x01, 1, b'o', b'n'],
-        );
-        let h = parse_header(&p, usize::MAX).unwrap().unwrap();
-        let stored = stored_form(&p, &h).unwrap();
-        assert_eq!(
-            stored,
-            frame::packet(0x31, &[0, 3, b'a', b'/', b'b', 2, 0x01, 1, b'o', b'n'])
-        );
-        let sh = parse_header(&stored, usize::MAX).unwrap().unwrap();
-        let info = parse_publish(&stored, &sh, Protocol::V5).unwrap();
-        assert!(info.retain && !info.empty);
-    }
-
     fn set(topic: &str, payload: &[u8]) -> Change {
         Change::Set(Stored {
             qos: 1,
             packet: publish_packet(topic, payload).into(),
         })
-    }
-
-    #[test]
-    fn only_retained_publishes_change_the_set() {
-        let p = publish_packet("t", b"x");
-        let h = parse_header(&p, usize::MAX).unwrap().unwrap();
-        let info = |retain, empty| PublishInfo {
-            topic: "t".into(),
-            retain,
-            empty,
-        };
-        let stored = Stored {
-            qos: 0,
-            packet: p.clone().into(),
-        };
-        assert_eq!(
-            change_of(&info(true, false), &p, &h),
-            Some(Change::Set(stored))
-        );
-        assert_eq!(change_of(&info(true, true), &p, &h), Some(Change::Delete));
-        // An empty publish without the retain flag is just a message (rumqttd's defect 7).
-        assert_eq!(change_of(&info(false, true), &p, &h), None);
-        assert_eq!(change_of(&info(false, false), &p, &h), None);
     }
 
     #[tokio::test]

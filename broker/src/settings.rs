@@ -19,6 +19,12 @@ pub struct BrokerSettings {
     /// How long a write to a client may wait (the client not reading) before the edge
     /// disconnects it as a slow consumer.
     pub send_timeout: Duration,
+    /// The longest a session is kept for a client that is away: caps MQTT 5 Session Expiry
+    /// Intervals, and is the expiry of MQTT 3.1.1 persistent sessions (clean session 0).
+    pub max_session_expiry: Duration,
+    /// QoS 1/2 messages queued per session: the most kept for a client that is away, and
+    /// the mark past which a connected client's backlog holds publishers back.
+    pub max_queued_messages: usize,
     /// Where the broker keeps its durable state (the retained set, `retained.redb`).
     pub data_dir: PathBuf,
 }

@@ -74,6 +74,8 @@ async fn run_node(settings: Settings) -> anyhow::Result<()> {
             max_packet_size: settings.mqtt.max_packet_size,
             connect_timeout: settings.mqtt.connect_timeout,
             send_timeout: settings.mqtt.send_timeout,
+            max_session_expiry: settings.mqtt.max_session_expiry,
+            max_queued_messages: settings.mqtt.max_queued_messages,
             data_dir: settings.node.data_dir.clone(),
         },
         &registry,

@@ -24,6 +24,8 @@ const DEFAULT_MAX_CONNECTIONS: usize = 1000;
 const DEFAULT_MAX_PACKET_SIZE: usize = 1024 * 1024;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_SESSION_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
+const DEFAULT_MAX_QUEUED_MESSAGES: usize = 1000;
 const DEFAULT_HTTP_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
 const DEFAULT_CLUSTER_NAME: &str = "home";
 const DEFAULT_LOG_LEVEL: &str = "info";
@@ -35,6 +37,7 @@ const HOSTNAME_FILE: &str = "/proc/sys/kernel/hostname";
 const ID_MAX_LEN: usize = 32;
 const ID_RULE: &str = "must be 1-32 characters of a-z, 0-9, '_' or '-'";
 const MAX_CONNECTIONS_RANGE: RangeInclusive<i64> = 1..=65_535;
+const MAX_QUEUED_MESSAGES_RANGE: RangeInclusive<i64> = 10..=1_000_000;
 /// 268,435,455 is the largest size MQTT's variable-length encoding can express.
 const MAX_PACKET_SIZE_RANGE: RangeInclusive<i64> = 1024..=268_435_455;
 
@@ -267,6 +270,14 @@ pub struct MqttSettings {
     /// `mqtt.send_timeout`: how long a client may leave data unread (a slow or stuck client)
     /// before the edge disconnects it. Default 30 s; never zero.
     pub send_timeout: Duration,
+    /// `mqtt.max_session_expiry`: the longest a session is kept for a client that is away:
+    /// the expiry of MQTT 3.1.1 persistent sessions and the cap on MQTT 5 Session Expiry
+    /// Intervals. Default 7 days (`"7d"`); never zero.
+    pub max_session_expiry: Duration,
+    /// `mqtt.max_queued_messages`: QoS 1/2 messages kept per session for a client that is
+    /// away, and the backlog past which a connected client holds publishers back. Default
+    /// 1000; 10..=1000000.
+    pub max_queued_messages: usize,
 }
 
 impl Default for MqttSettings {
@@ -278,6 +289,8 @@ impl Default for MqttSettings {
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             send_timeout: DEFAULT_SEND_TIMEOUT,
+            max_session_expiry: DEFAULT_MAX_SESSION_EXPIRY,
+            max_queued_messages: DEFAULT_MAX_QUEUED_MESSAGES,
         }
     }
 }
@@ -488,6 +501,8 @@ struct MqttConfig {
     max_packet_size: Option<Spanned<i64>>,
     connect_timeout: Option<Spanned<String>>,
     send_timeout: Option<Spanned<String>>,
+    max_session_expiry: Option<Spanned<String>>,
+    max_queued_messages: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -817,6 +832,17 @@ impl MqttConfig {
             ),
             connect_timeout,
             send_timeout,
+            max_session_expiry: v.positive_duration(
+                "mqtt.max_session_expiry",
+                self.max_session_expiry,
+                DEFAULT_MAX_SESSION_EXPIRY,
+            ),
+            max_queued_messages: v.ranged(
+                "mqtt.max_queued_messages",
+                self.max_queued_messages,
+                MAX_QUEUED_MESSAGES_RANGE,
+                DEFAULT_MAX_QUEUED_MESSAGES,
+            ),
         }
     }
 }
@@ -922,7 +948,7 @@ impl ClusterConfig {
 
 /// Parses `<integer><unit>` with unit `ms`, `s`, `m` or `h`, e.g. `500ms`, `10s`, `2m`.
 fn parse_duration(raw: &str) -> Result<Duration, String> {
-    const EXPECTED: &str = "expected an integer followed by ms, s, m or h, like \"10s\"";
+    const EXPECTED: &str = "expected an integer followed by ms, s, m, h or d, like \"10s\"";
     let digits_end = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
     let (digits, unit) = raw.split_at(digits_end);
     if digits.is_empty() {
@@ -936,6 +962,7 @@ fn parse_duration(raw: &str) -> Result<Duration, String> {
         "s" => 1,
         "m" => 60,
         "h" => 3600,
+        "d" => 86_400,
         "" => return Err(format!("missing unit; {EXPECTED}")),
         other => return Err(format!("unknown unit {other:?}; {EXPECTED}")),
     };
@@ -1384,6 +1411,7 @@ peers = [
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
         assert!(parse_duration("").is_err());
         assert!(parse_duration("+5s").is_err());

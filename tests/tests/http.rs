@@ -39,8 +39,8 @@ fn health_without_a_leader_is_unhealthy_503() {
 #[test]
 fn metrics_parse_and_count_the_messages_just_sent() {
     let node = Node::builder("metrics").start();
-    let received = "roost_mqtt_messages_received_total{source=\"network\"}";
-    let sent = "roost_mqtt_messages_sent_total{destination=\"network\"}";
+    let received = "roost_mqtt_messages_received_total{qos=\"1\",source=\"network\"}";
+    let sent = "roost_mqtt_messages_sent_total{destination=\"network\",qos=\"1\"}";
     let before_in = node.metric(received);
     let before_out = node.metric(sent);
     let mut sub = MosquittoSub::start(&node, &["-t", "test/count", "-q", "1"]);
@@ -68,6 +68,10 @@ fn metrics_parse_and_count_the_messages_just_sent() {
         "roost_mqtt_messages_received_total",
         "roost_mqtt_messages_sent_total",
         "roost_mqtt_bytes_received_total",
+        "roost_mqtt_publish_bytes_received_total",
+        "roost_mqtt_publish_bytes_sent_total",
+        "roost_mqtt_sessions",
+        "roost_mqtt_messages_dropped_total",
         "roost_mqtt_bytes_sent_total",
         "roost_mqtt_retained_messages",
         "roost_mqtt_retained_bytes",

@@ -55,10 +55,11 @@ pub(super) fn router() -> Router<AppState> {
 
 fn snapshot(state: &AppState) -> NodeSnapshot {
     let b = &state.broker;
+    // Both counters are labelled by source (or destination) and QoS.
     let sum = |v: &prometheus::IntCounterVec| {
         ["network", "local"]
             .iter()
-            .map(|l| v.with_label_values(&[*l]).get())
+            .flat_map(|place| ["0", "1", "2"].map(|qos| v.with_label_values(&[place, qos]).get()))
             .sum::<u64>()
     };
     NodeSnapshot {
