@@ -252,11 +252,13 @@ fn will_fires_after_a_client_id_takeover() {
 
 /// An MQTT 5 will with a Will Delay Interval waits. A reconnect that resumes the session
 /// (Clean Start 0) cancels it; a reconnect that starts afresh (Clean Start 1) ends the old
-/// session, so its will goes at once; a short delay that runs out sends it (MQTT 5 §3.1.2.5).
+/// session, so its will goes at once; a short delay that runs out sends it; a session that ends
+/// with its connection sends it at once (MQTT 5 §3.1.2.5, §3.1.3.2.2: whichever comes first).
 #[test]
 fn delayed_wills_follow_the_session() {
     let node = Node::builder("mqtt-will-delay").start();
     let mut watcher = MosquittoSub::start(&node, &["-t", "test/delay/#", "-q", "1"]);
+    // `resume`: Clean Start 0. Every session but `now`'s outlives its connection by an hour.
     let client = |id: &'static str, payload: &'static str, delay: &'static str, resume: bool| {
         let mut args = vec![
             "-V",
@@ -275,8 +277,10 @@ fn delayed_wills_follow_the_session() {
             delay,
         ];
         if resume {
-            // Clean Start 0, and a session that outlives the connection.
-            args.extend(["-c", "-x", "3600"]);
+            args.push("-c");
+        }
+        if id != "now" {
+            args.extend(["-x", "3600"]);
         }
         MosquittoSub::start(&node, &args)
     };
@@ -305,6 +309,11 @@ fn delayed_wills_follow_the_session() {
     // A one-second delay runs out.
     client("brief", "brief-gone", "1", false).kill();
     watcher.expect_message("test/delay/availability", "brief-gone");
-    assert_eq!(wills("published"), 2.0);
+
+    // A session that ends with its connection (expiry 0) sends its will at once, delay or not.
+    client("now", "now-gone", "3600", false).kill();
+    watcher.expect_message("test/delay/availability", "now-gone");
+    assert_eq!(wills("published"), 3.0);
+    assert_eq!(wills("delayed"), 3.0);
     assert_eq!(wills("cancelled"), 1.0);
 }
