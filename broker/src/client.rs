@@ -170,7 +170,10 @@ struct SubscriptionTask {
 
 impl SubscriptionTask {
     async fn run(mut self) {
-        let delivered = self.metrics.messages_sent.with_label_values(&["local", "0"]);
+        let delivered = self
+            .metrics
+            .messages_sent
+            .with_label_values(&["local", "0"]);
         for message in std::mem::take(&mut self.retained) {
             delivered.inc();
             if self.deliver.send(message).await.is_err() {

@@ -289,7 +289,11 @@ fn unsubscribe(body: &mut Bytes, v5: bool) -> Result<Inbound, FrameError> {
 }
 
 fn disconnect(body: &[u8], v5: bool) -> Result<Inbound, FrameError> {
-    let reason = if v5 { body.first().copied().unwrap_or(0) } else { 0 };
+    let reason = if v5 {
+        body.first().copied().unwrap_or(0)
+    } else {
+        0
+    };
     let mut session_expiry = None;
     if v5 && body.len() > 1 {
         walk_properties(&body[1..], |id, raw| {

@@ -238,7 +238,11 @@ impl Edge {
 
     /// Reads the first packet, which must be a CONNECT of MQTT 3.1.1 or 5 from a client id
     /// that is not reserved. Refuses the others with the CONNACK their generation understands.
-    async fn read_connect(&self, client: &mut TcpStream, buf: &mut BytesMut) -> Result<Connect, End> {
+    async fn read_connect(
+        &self,
+        client: &mut TcpStream,
+        buf: &mut BytesMut,
+    ) -> Result<Connect, End> {
         let header = loop {
             // A CONNECT's first byte is always 0x10; anything else (an HTTP request, TLS to
             // the plain port, noise) is refused at once instead of waiting out the timeout.
@@ -287,9 +291,11 @@ impl Edge {
                 "identifier_rejected",
                 "an empty client id needs a clean session",
             )),
-            _ if connect.properties.auth_method => {
-                Some((0x8c, "bad_auth_method", "no authentication method is supported"))
-            }
+            _ if connect.properties.auth_method => Some((
+                0x8c,
+                "bad_auth_method",
+                "no authentication method is supported",
+            )),
             _ => None,
         };
         if let Some((code, reason, detail)) = refusal {
@@ -555,10 +561,8 @@ impl Edge {
     /// Publishes a will as a message of the session that left it.
     async fn publish_will(&self, key: u64, will: &Will) {
         let mut expires_at = None;
-        let properties = filter_properties(&will.properties, |id| {
-            id != 0x18 && id != 0x02
-        })
-        .unwrap_or_else(|| vec![0]);
+        let properties = filter_properties(&will.properties, |id| id != 0x18 && id != 0x02)
+            .unwrap_or_else(|| vec![0]);
         frame::walk_properties(&will.properties, |id, raw| {
             if id == 0x02 {
                 let secs = raw[1..].iter().fold(0u64, |a, &b| (a << 8) | u64::from(b));
@@ -583,16 +587,28 @@ impl Edge {
 
     /// The connection's loop: reads and handles packets, writes deliveries, watches the
     /// keep-alive, the takeover and the shutdown.
-    async fn drive(self: &Arc<Self>, conn: &mut Conn, keep_alive: u16, kick: &CancellationToken) -> End {
+    async fn drive(
+        self: &Arc<Self>,
+        conn: &mut Conn,
+        keep_alive: u16,
+        kick: &CancellationToken,
+    ) -> End {
         // The client must send something within 1.5 times its keep-alive (MQTT-3.1.2-24).
-        let allowance = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+        let allowance =
+            (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
         let mut deadline = allowance.map(|a| Instant::now() + a);
         // Packets the client sent right behind its CONNECT are already buffered.
         if let Err(end) = self.handle_inbound(conn).await {
             return end;
         }
         loop {
-            conn.session.fill(&mut conn.out, &conn.peer, &self.limits, &self.metrics, &self.flow);
+            conn.session.fill(
+                &mut conn.out,
+                &conn.peer,
+                &self.limits,
+                &self.metrics,
+                &self.flow,
+            );
             if let Err(end) = self.flush(conn).await {
                 return end;
             }
@@ -628,7 +644,9 @@ impl Edge {
         if conn.out.is_empty() {
             return Ok(());
         }
-        match tokio::time::timeout(self.settings.send_timeout, conn.stream.write_all(&conn.out)).await {
+        match tokio::time::timeout(self.settings.send_timeout, conn.stream.write_all(&conn.out))
+            .await
+        {
             Err(_) => {
                 self.reject("slow_consumer", "the client did not read in time");
                 Err(End::SlowConsumer)
@@ -655,8 +673,8 @@ impl Edge {
                 Err(e) => return Err(self.protocol_error(e)),
             };
             let packet = conn.inbound.split_to(header.total_len()).freeze();
-            let inbound = codec::decode(packet, &header, conn.peer.v5)
-                .map_err(|e| self.protocol_error(e))?;
+            let inbound =
+                codec::decode(packet, &header, conn.peer.v5).map_err(|e| self.protocol_error(e))?;
             self.handle(conn, inbound).await?;
         }
     }
@@ -671,7 +689,8 @@ impl Edge {
                 if reason < 0x80 {
                     let known = conn.session.pubrec(pkid, reason).is_some();
                     let code = if known { 0 } else { 0x92 };
-                    conn.out.extend_from_slice(&codec::ack(0x62, pkid, code, v5));
+                    conn.out
+                        .extend_from_slice(&codec::ack(0x62, pkid, code, v5));
                 } else {
                     conn.session.pubrec(pkid, reason);
                 }
@@ -679,7 +698,8 @@ impl Edge {
             Inbound::PubRel(pkid) => {
                 let known = conn.session.lock().incoming.remove(&pkid);
                 let code = if known { 0 } else { 0x92 };
-                conn.out.extend_from_slice(&codec::ack(0x70, pkid, code, v5));
+                conn.out
+                    .extend_from_slice(&codec::ack(0x70, pkid, code, v5));
             }
             Inbound::PubComp(pkid) => conn.session.pubcomp(pkid),
             Inbound::Subscribe { pkid, id, filters } => {
@@ -697,8 +717,8 @@ impl Edge {
                     if conn.connect_expiry == 0 && expiry != 0 {
                         return Err(self.protocol_error(FrameError::Malformed("DISCONNECT")));
                     }
-                    let cap = u32::try_from(self.settings.max_session_expiry.as_secs())
-                        .unwrap_or(NEVER);
+                    let cap =
+                        u32::try_from(self.settings.max_session_expiry.as_secs()).unwrap_or(NEVER);
                     conn.expiry = expiry.min(cap);
                 }
                 return Err(End::Disconnect {
@@ -731,7 +751,8 @@ impl Edge {
         if crate::client::validate_topic(name).is_err() {
             return Err(self.protocol_error(FrameError::Malformed("PUBLISH topic")));
         }
-        self.metrics.count_received(publish.qos, publish.payload.len() + topic.len());
+        self.metrics
+            .count_received(publish.qos, publish.payload.len() + topic.len());
         let client = ClientInfo {
             client_id: &conn.session.client_id,
             username: conn.username.as_deref(),
@@ -740,7 +761,10 @@ impl Edge {
         let duplicate = publish.qos == 2 && conn.session.lock().incoming.contains(&publish.pkid);
         if !allowed {
             tracing::debug!(topic = name, "publish not authorized");
-            self.metrics.dropped.with_label_values(&["not_authorized"]).inc();
+            self.metrics
+                .dropped
+                .with_label_values(&["not_authorized"])
+                .inc();
         } else if !duplicate {
             let properties = if v5 && (publish.topic_alias.is_some() || publish.expiry.is_some()) {
                 filter_properties(&publish.properties, |id| id != 0x23 && id != 0x02)
@@ -756,21 +780,22 @@ impl Edge {
                 retain: publish.retain,
                 origin: Origin::Session(conn.session.key),
                 sequence: self.intake.next_sequence(),
-                expires_at: publish
-                    .expiry
-                    .map(|secs| now_ms() + u64::from(secs) * 1000),
+                expires_at: publish.expiry.map(|secs| now_ms() + u64::from(secs) * 1000),
             };
             self.flow.admit(&conn.session).await;
             self.intake.route(message).await.map_err(|_| End::Broker)?;
         }
         let code = if allowed { 0 } else { 0x87 };
         match publish.qos {
-            1 => conn.out.extend_from_slice(&codec::ack(0x40, publish.pkid, code, v5)),
+            1 => conn
+                .out
+                .extend_from_slice(&codec::ack(0x40, publish.pkid, code, v5)),
             2 => {
                 if allowed {
                     conn.session.lock().incoming.insert(publish.pkid);
                 }
-                conn.out.extend_from_slice(&codec::ack(0x50, publish.pkid, code, v5));
+                conn.out
+                    .extend_from_slice(&codec::ack(0x50, publish.pkid, code, v5));
             }
             _ => {}
         }
@@ -886,10 +911,18 @@ impl Edge {
                     () = edge.shutdown.cancelled() => return,
                     next = crate::ingress::next_forward(&mut rx) => next,
                 };
-                let Some((topic, envelope)) = next else { return };
+                let Some((topic, envelope)) = next else {
+                    return;
+                };
                 match Publication::open(topic, envelope) {
-                    Some(message) => session.offer(message, &edge.limits, &edge.metrics, &edge.flow),
-                    None => edge.metrics.dropped.with_label_values(&["not_an_envelope"]).inc(),
+                    Some(message) => {
+                        session.offer(message, &edge.limits, &edge.metrics, &edge.flow)
+                    }
+                    None => edge
+                        .metrics
+                        .dropped
+                        .with_label_values(&["not_an_envelope"])
+                        .inc(),
                 }
             }
         });
@@ -927,7 +960,11 @@ impl Edge {
     }
 
     fn reject(&self, reason: &'static str, detail: &str) {
-        tracing::warn!(reason, detail, "MQTT connection refused or closed by the edge");
+        tracing::warn!(
+            reason,
+            detail,
+            "MQTT connection refused or closed by the edge"
+        );
         self.metrics
             .connections_rejected
             .with_label_values(&[reason])

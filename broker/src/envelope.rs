@@ -166,7 +166,10 @@ mod tests {
 
     #[test]
     fn anything_else_is_refused() {
-        assert_eq!(Publication::open(Bytes::new(), Bytes::from_static(b"raw")), None);
+        assert_eq!(
+            Publication::open(Bytes::new(), Bytes::from_static(b"raw")),
+            None
+        );
     }
 
     #[test]

@@ -362,7 +362,6 @@ impl<'a> Reader<'a> {
             .map(str::to_owned)
             .map_err(|_| FrameError::Malformed(what))
     }
-
 }
 
 /// Reads a CONNECT packet (the whole packet, fixed header included).
@@ -760,5 +759,4 @@ mod tests {
             Err(FrameError::NotConnect(4))
         );
     }
-
 }

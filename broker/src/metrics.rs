@@ -208,7 +208,9 @@ impl BrokerMetrics {
     /// Counts a PUBLISH of `bytes` bytes delivered to a network client.
     pub(crate) fn count_sent(&self, qos: u8, bytes: usize) {
         let qos = QOS[usize::from(qos.min(2))];
-        self.messages_sent.with_label_values(&["network", qos]).inc();
+        self.messages_sent
+            .with_label_values(&["network", qos])
+            .inc();
         self.publish_bytes_sent
             .with_label_values(&[qos])
             .inc_by(bytes as u64);

@@ -46,7 +46,6 @@ impl Stored {
         let header = crate::frame::parse_header(&self.packet, usize::MAX).ok()??;
         PublishParts::split(&self.packet, &header, true)
     }
-
 }
 
 /// What a publish does to the retained set.

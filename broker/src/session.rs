@@ -236,9 +236,10 @@ impl Session {
         let qos = granted.min(message.qos);
         let dropped = if !state.online && qos == 0 {
             Some("offline_qos0")
-        } else if qos == 0 && state.queue.len() >= limits.max_queued {
-            Some("queue_full")
-        } else if !state.online && state.reliable >= limits.max_queued {
+        } else if (qos == 0 && state.queue.len() >= limits.max_queued)
+            || (!state.online && state.reliable >= limits.max_queued)
+        {
+            // QoS 0 under overload, or QoS 1/2 past what is kept for a client that is away.
             Some("queue_full")
         } else {
             None
@@ -310,7 +311,10 @@ impl Session {
             };
             if packet.len() > peer.max_packet {
                 // Too large for this client: dropped as if delivered (MQTT-3.1.2-25).
-                metrics.dropped.with_label_values(&["packet_too_large"]).inc();
+                metrics
+                    .dropped
+                    .with_label_values(&["packet_too_large"])
+                    .inc();
                 continue;
             }
             metrics.count_sent(message.qos, packet.len());
@@ -413,10 +417,7 @@ fn encode(message: &Outbound, pkid: u16, dup: bool, v5: bool, now_ms: u64) -> Op
     if remaining == Some(0) {
         return None;
     }
-    let byte1 = 0x30
-        | if dup { 0x08 } else { 0 }
-        | (message.qos << 1)
-        | u8::from(message.retain);
+    let byte1 = 0x30 | if dup { 0x08 } else { 0 } | (message.qos << 1) | u8::from(message.retain);
     let extra = remaining.is_some() || !message.subscription_ids.is_empty();
     let rebuilt;
     let properties: &[u8] = if !v5 {
@@ -495,9 +496,7 @@ impl Flow {
             return;
         }
         let mut rx = self.congested.subscribe();
-        let _ = rx
-            .wait_for(|&n| n <= usize::from(me.is_congested()))
-            .await;
+        let _ = rx.wait_for(|&n| n <= usize::from(me.is_congested())).await;
     }
 
     /// Sessions congested now.
@@ -687,7 +686,11 @@ mod tests {
         assert_eq!(s.pubrec(1, 0), Some(1));
         let mut again = Vec::new();
         s.resend(&mut again, true);
-        assert_eq!(again, vec![0x62, 2, 0, 1], "a resumed session resends PUBREL");
+        assert_eq!(
+            again,
+            vec![0x62, 2, 0, 1],
+            "a resumed session resends PUBREL"
+        );
         s.pubcomp(1);
         assert!(s.lock().inflight.is_empty());
     }
@@ -723,7 +726,10 @@ mod tests {
         o.message.expires_at = Some(10_000);
         let packet = encode(&o, 0, false, true, 8_500).unwrap();
         // topic "a", then properties: length 7, expiry 2 s, subscription id 3.
-        assert_eq!(&packet[2..], &[0, 1, b'a', 7, 0x02, 0, 0, 0, 2, 0x0b, 3, b'p']);
+        assert_eq!(
+            &packet[2..],
+            &[0, 1, b'a', 7, 0x02, 0, 0, 0, 2, 0x0b, 3, b'p']
+        );
         assert_eq!(encode(&o, 0, false, true, 10_000), None);
     }
 }

@@ -1022,6 +1022,8 @@ max_connections = 50
 max_packet_size = 4096
 connect_timeout = "500ms"
 send_timeout = "5s"
+max_session_expiry = "2d"
+max_queued_messages = 500
 
 [http]
 listen = "[::1]:8081"
@@ -1054,6 +1056,8 @@ enabled = true
                 max_packet_size: 4096,
                 connect_timeout: Duration::from_millis(500),
                 send_timeout: Duration::from_secs(5),
+                max_session_expiry: Duration::from_secs(2 * 86_400),
+                max_queued_messages: 500,
             },
             http: HttpSettings {
                 listen: "[::1]:8081".parse().expect("addr"),
