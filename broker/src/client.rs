@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::embed::INTERNAL_ID_PREFIX;
 use crate::envelope::{Origin, Publication};
 use crate::error::{Error, Result};
-use crate::ingress::{next_forward, LinkKey};
+use crate::ingress::{next_forward, reschedule, LinkKey, Next};
 use crate::intake::Intake;
 use crate::metrics::BrokerMetrics;
 
@@ -103,7 +103,7 @@ impl BrokerClient {
             qos: 0,
             retain,
             origin: Origin::Node,
-            sequence: intake.next_sequence(),
+            sequence: 0,
             expires_at: None,
         };
         intake.route(message).await?;
@@ -127,7 +127,7 @@ impl BrokerClient {
         let key = intake.next_key();
         let id = format!("{INTERNAL_ID_PREFIX}n{key}");
         let link = intake.ingress.open(key, id).await?;
-        intake.ingress.subscribe(key, filter.to_owned()).await?;
+        intake.ingress.subscribe(key, filter).await?;
         // Taken after the subscription is queued for the router: a retained message published
         // meanwhile is in this snapshot or arrives live (edge.rs explains the order).
         let retained = intake
@@ -186,9 +186,13 @@ impl SubscriptionTask {
                 () = self.deliver.closed() => break,
                 next = next_forward(&mut self.link) => next,
             };
-            let Some((topic, envelope)) = next else {
-                tracing::warn!(link = self.key, "an in-process subscription's link ended");
-                return;
+            let (topic, envelope) = match next {
+                Next::Message(topic, envelope) => (topic, envelope),
+                Next::Reschedule if reschedule(&self.link).await => continue,
+                Next::Reschedule | Next::Gone => {
+                    tracing::warn!(link = self.key, "an in-process subscription's link ended");
+                    return;
+                }
             };
             let Some(message) = Publication::open(topic, envelope) else {
                 continue;

@@ -27,9 +27,10 @@ use crate::codec::{self, InPublish, Inbound, SubRequest};
 use crate::embed::INTERNAL_ID_PREFIX;
 use crate::envelope::{now_ms, Origin, Publication};
 use crate::frame::{self, filter_properties, Connect, FrameError, Protocol, Will};
+use crate::ingress::{next_forward, reschedule, Next};
 use crate::intake::Intake;
 use crate::metrics::BrokerMetrics;
-use crate::session::{Flow, Limits, Peer, PendingWill, Registry, Session, Subscription};
+use crate::session::{Flow, Hold, Limits, Peer, PendingWill, Registry, Session, Subscription};
 use crate::settings::BrokerSettings;
 
 /// Initial read buffer per connection; grows to the largest packet seen.
@@ -46,6 +47,12 @@ const KEEPALIVE_RETRIES: u32 = 3;
 const USER_TIMEOUT: Duration = Duration::from_secs(90);
 /// Topic aliases an MQTT 5 client may use toward the broker (CONNACK Topic Alias Maximum).
 const TOPIC_ALIAS_MAXIMUM: u16 = 64;
+/// Router bytes a session's drainer may fall behind before publishers wait: an eighth of
+/// what rumqttd keeps per filter (`embed::LINK_WINDOW`), leaving room for the messages
+/// already on their way (the ingress queue, the router's channel) when publishers are held.
+const LAG_HIGH: u64 = crate::embed::LINK_WINDOW / 8;
+/// Lag under which the drainer releases publishers.
+const LAG_LOW: u64 = LAG_HIGH / 4;
 /// Session Expiry Interval meaning "never" (MQTT 5 §3.1.2.11.2).
 const NEVER: u32 = u32::MAX;
 
@@ -322,7 +329,7 @@ impl Edge {
         let mut client_id = connect.client_id.clone();
         let assigned = client_id.is_empty();
         if assigned {
-            client_id = format!("roost-{:x}-{:x}", now_ms(), self.intake.next_sequence());
+            client_id = format!("roost-{:x}-{:x}", now_ms(), self.intake.next_key());
         }
         let cap = u32::try_from(self.settings.max_session_expiry.as_secs()).unwrap_or(NEVER);
         let asked = if v5 {
@@ -465,7 +472,7 @@ impl Edge {
     async fn end_session(&self, session: &Arc<Session>) {
         self.sessions.remove(session);
         session.ended.cancel();
-        self.flow.set(session, false);
+        self.flow.release(session);
         let (pending, linked) = {
             let mut state = session.lock();
             (state.pending_will.take(), state.linked)
@@ -492,7 +499,7 @@ impl Edge {
             state.expiry = expiry;
             state.connection
         };
-        self.flow.set(&session, false);
+        self.flow.hold(&session, Hold::Congested, false);
         if matches!(end, End::Shutdown) {
             return;
         }
@@ -576,7 +583,7 @@ impl Edge {
             qos: will.qos,
             retain: will.retain,
             origin: Origin::Session(key),
-            sequence: self.intake.next_sequence(),
+            sequence: 0,
             expires_at,
         };
         match self.intake.route(message).await {
@@ -626,6 +633,10 @@ impl Edge {
                     Ok(0) => return End::Vanished,
                     Ok(n) => {
                         self.metrics.bytes_received.inc_by(n as u64);
+                        // Linux turns quick ACKs off again by itself; a client with Nagle's
+                        // algorithm on (most device clients) would otherwise wait for our
+                        // delayed ACK (40 ms) before sending its next small publish.
+                        let _ = SockRef::from(&conn.stream).set_tcp_quickack(true);
                         deadline = allowance.map(|a| Instant::now() + a);
                         if let Err(end) = self.handle_inbound(conn).await {
                             return end;
@@ -779,7 +790,7 @@ impl Edge {
                 qos: publish.qos,
                 retain: publish.retain,
                 origin: Origin::Session(conn.session.key),
-                sequence: self.intake.next_sequence(),
+                sequence: 0,
                 expires_at: publish.expiry.map(|secs| now_ms() + u64::from(secs) * 1000),
             };
             self.flow.admit(&conn.session).await;
@@ -870,7 +881,7 @@ impl Edge {
             if new {
                 self.intake
                     .ingress
-                    .subscribe(conn.session.key, request.filter.clone())
+                    .subscribe(conn.session.key, &request.filter)
                     .await
                     .map_err(|_| End::Broker)?;
             }
@@ -904,29 +915,65 @@ impl Edge {
                 End::Broker
             })?;
         let (edge, session) = (self.clone(), session.clone());
-        self.tracker.spawn(async move {
-            loop {
-                let next = tokio::select! {
-                    () = session.ended.cancelled() => return,
-                    () = edge.shutdown.cancelled() => return,
-                    next = crate::ingress::next_forward(&mut rx) => next,
-                };
-                let Some((topic, envelope)) = next else {
-                    return;
-                };
-                match Publication::open(topic, envelope) {
-                    Some(message) => {
-                        session.offer(message, &edge.limits, &edge.metrics, &edge.flow)
-                    }
-                    None => edge
-                        .metrics
-                        .dropped
-                        .with_label_values(&["not_an_envelope"])
-                        .inc(),
-                }
-            }
-        });
+        self.tracker
+            .spawn(async move { edge.drain(&session, &mut rx).await });
         Ok(())
+    }
+
+    /// Moves what the router sends a session's link into the session, until the session
+    /// ends. rumqttd keeps only `embed::LINK_WINDOW` bytes per filter for a link that lags
+    /// and silently drops the rest, so a drainer that falls `LAG_HIGH` bytes behind the
+    /// newest routed message holds publishers back until it is within `LAG_LOW`, or has
+    /// taken everything the router has for it.
+    async fn drain(&self, session: &Session, rx: &mut rumqttd::local::LinkRx) {
+        self.drain_until_ended(session, rx).await;
+        // However the link ended, a drainer that is gone holds no one back.
+        self.flow.hold(session, Hold::Lagging, false);
+    }
+
+    async fn drain_until_ended(&self, session: &Session, rx: &mut rumqttd::local::LinkRx) {
+        loop {
+            let next = match futures_util::FutureExt::now_or_never(next_forward(rx)) {
+                Some(next) => next,
+                None => {
+                    // Caught up with the router: nothing of this link's is at risk.
+                    self.flow.hold(session, Hold::Lagging, false);
+                    tokio::select! {
+                        () = session.ended.cancelled() => return,
+                        () = self.shutdown.cancelled() => return,
+                        next = next_forward(rx) => next,
+                    }
+                }
+            };
+            let (topic, envelope) = match next {
+                Next::Message(topic, envelope) => (topic, envelope),
+                Next::Reschedule => {
+                    // The router has more for this link than one batch, and feeds it again
+                    // only after this request has waited its turn in the router's channel,
+                    // behind publishes: hold publishers until this link is back in step.
+                    self.flow.hold(session, Hold::Lagging, true);
+                    if reschedule(rx).await {
+                        continue;
+                    }
+                    return;
+                }
+                Next::Gone => return,
+            };
+            let Some(message) = Publication::open(topic, envelope) else {
+                self.metrics
+                    .dropped
+                    .with_label_values(&["not_an_envelope"])
+                    .inc();
+                continue;
+            };
+            let lag = self.intake.routed().saturating_sub(message.sequence);
+            if lag > LAG_HIGH {
+                self.flow.hold(session, Hold::Lagging, true);
+            } else if lag < LAG_LOW {
+                self.flow.hold(session, Hold::Lagging, false);
+            }
+            session.offer(message, &self.limits, &self.metrics, &self.flow);
+        }
     }
 
     /// An UNSUBSCRIBE: each filter removed; UNSUBACK.
@@ -947,7 +994,7 @@ impl Edge {
             if removed {
                 self.intake
                     .ingress
-                    .unsubscribe(conn.session.key, filter)
+                    .unsubscribe(conn.session.key, &filter)
                     .await
                     .map_err(|_| End::Broker)?;
             }

@@ -28,6 +28,8 @@ pub(crate) const INTERNAL_ID_PREFIX: &str = "roost-internal-";
 const SEGMENT_SIZE: usize = 256 * 1024;
 /// Segments kept per filter.
 const SEGMENT_COUNT: usize = 4;
+/// Bytes of topic and payload rumqttd keeps per filter for a link that lags.
+pub(crate) const LINK_WINDOW: u64 = (SEGMENT_SIZE * SEGMENT_COUNT) as u64;
 /// Router slots: one per session that subscribed, plus the node's own links.
 const INTERNAL_LINKS: usize = 256;
 

@@ -15,6 +15,45 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::frame;
 
+/// Marks a topic escaped for the router. rumqttd refuses every filter that starts with `$`
+/// (other than `$share/`), so topics starting with `$` (and, to stay unambiguous, with this
+/// mark) cross the router with the mark in front; `open` removes it. Clients see no mark.
+const ESCAPE: char = '\u{1}';
+
+/// The topic a message has inside the router.
+pub(crate) fn router_topic(topic: &Bytes) -> Bytes {
+    if topic
+        .first()
+        .is_some_and(|&b| b == b'$' || b == ESCAPE as u8)
+    {
+        let mut escaped = BytesMut::with_capacity(topic.len() + 1);
+        escaped.put_u8(ESCAPE as u8);
+        escaped.put_slice(topic);
+        escaped.freeze()
+    } else {
+        topic.clone()
+    }
+}
+
+/// The filter a subscription has inside the router (a shared subscription's inner filter
+/// escaped like a topic).
+pub(crate) fn router_filter(filter: &str) -> String {
+    let escape = |f: &str| {
+        if f.starts_with(['$', ESCAPE]) {
+            format!("{ESCAPE}{f}")
+        } else {
+            f.to_owned()
+        }
+    };
+    match filter
+        .strip_prefix("$share/")
+        .and_then(|rest| rest.split_once('/'))
+    {
+        Some((group, inner)) => format!("$share/{group}/{}", escape(inner)),
+        None => escape(filter),
+    }
+}
+
 /// The envelope format's version byte.
 const VERSION: u8 = 1;
 /// Bytes before the property block.
@@ -62,8 +101,9 @@ pub(crate) struct Publication {
     pub retain: bool,
     /// Who published it.
     pub origin: Origin,
-    /// Unique per message on this node; tells the copies the router makes for a session's
-    /// overlapping subscriptions apart from new messages.
+    /// Unique per message on this node, given when it is routed (`Intake::route`); tells
+    /// the copies the router makes for a session's overlapping subscriptions apart from new
+    /// messages, and how far a link lags behind the router.
     pub sequence: u64,
     /// When it expires (MQTT 5 Message Expiry Interval), in unix milliseconds.
     pub expires_at: Option<u64>,
@@ -72,7 +112,7 @@ pub(crate) struct Publication {
 impl Publication {
     /// The router payload carrying this message.
     pub(crate) fn envelope(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(FIXED + self.properties.len() + self.payload.len());
+        let mut out = BytesMut::with_capacity(size(self));
         out.put_u8(VERSION);
         out.put_u8(self.qos & 0x03 | if self.retain { 0x04 } else { 0 });
         out.put_u64(self.origin.to_wire());
@@ -83,9 +123,12 @@ impl Publication {
         out.freeze()
     }
 
-    /// Reads a message back from the router; `None` for anything that is not an envelope of
-    /// this version (which only a bug could route).
-    pub(crate) fn open(topic: Bytes, envelope: Bytes) -> Option<Publication> {
+    /// Reads a message back from the router (its router topic unescaped); `None` for anything
+    /// that is not an envelope of this version (which only a bug could route).
+    pub(crate) fn open(mut topic: Bytes, envelope: Bytes) -> Option<Publication> {
+        if topic.first() == Some(&(ESCAPE as u8)) {
+            topic = topic.slice(1..);
+        }
         if envelope.len() < FIXED || envelope[0] != VERSION {
             return None;
         }
@@ -118,6 +161,11 @@ impl Publication {
             u32::try_from(left.div_ceil(1000)).unwrap_or(u32::MAX)
         })
     }
+}
+
+/// The size of a message's envelope in bytes.
+pub(crate) fn size(message: &Publication) -> usize {
+    FIXED + message.properties.len() + message.payload.len()
 }
 
 /// Milliseconds since the unix epoch, the clock message expiry is kept in.
@@ -162,6 +210,34 @@ mod tests {
         };
         let opened = Publication::open(publication.topic.clone(), publication.envelope());
         assert_eq!(opened, Some(publication));
+    }
+
+    #[test]
+    fn dollar_topics_are_escaped_for_the_router_and_back() {
+        let topic = Bytes::from_static(b"$SYS/x");
+        let routed = router_topic(&topic);
+        assert_eq!(&routed[..], b"\x01$SYS/x");
+        let message = Publication::open(
+            routed,
+            Publication {
+                topic: topic.clone(),
+                payload: Bytes::new(),
+                properties: Bytes::from_static(&[0]),
+                qos: 0,
+                retain: false,
+                origin: Origin::Node,
+                sequence: 1,
+                expires_at: None,
+            }
+            .envelope(),
+        )
+        .unwrap();
+        assert_eq!(message.topic, topic);
+        assert_eq!(router_topic(&Bytes::from_static(b"a/b")), "a/b");
+        assert_eq!(router_filter("$SYS/#"), "\u{1}$SYS/#");
+        assert_eq!(router_filter("$share/g/$SYS/#"), "$share/g/\u{1}$SYS/#");
+        assert_eq!(router_filter("$share/g/a/+"), "$share/g/a/+");
+        assert_eq!(router_filter("#"), "#");
     }
 
     #[test]

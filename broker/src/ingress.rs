@@ -4,20 +4,24 @@
 //! blocking the node's async workers. The thread keeps the order operations were queued in,
 //! which the edge relies on: a SUBSCRIBE queued before a PUBLISH is seen by the router first.
 //!
-//! Receiving is async (`next_forward`), on whichever task owns a link's `LinkRx`.
+//! Receiving is async (`next_forward`, `reschedule`), on whichever task owns a link's
+//! `LinkRx`.
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
 use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::protocol::{Packet, Publish};
 use rumqttd::Notification;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::embed::{self, disconnect, link_error, send_blocking, LinkFactory};
+use crate::envelope::router_filter;
 use crate::error::{Error, Result};
 
-/// Operations queued before senders wait.
-const QUEUE: usize = 4096;
+/// Operations queued before senders wait. Small: a message queued here is already past the
+/// publishers' flow control (`session::Flow`), so this bounds what arrives after a hold.
+const QUEUE: usize = 256;
 
 /// Names a link on the ingress thread.
 pub(crate) type LinkKey = u64;
@@ -64,7 +68,17 @@ impl Ingress {
         // reschedule: keep it drained so the router never stalls it.
         tokio::spawn(async move {
             let mut rx = publisher_rx;
-            while next_forward(&mut rx).await.is_some() {}
+            loop {
+                match next_forward(&mut rx).await {
+                    Next::Message(..) => {}
+                    Next::Reschedule => {
+                        if !reschedule(&rx).await {
+                            return;
+                        }
+                    }
+                    Next::Gone => return,
+                }
+            }
         });
         Ok(Ingress { ops })
     }
@@ -81,18 +95,21 @@ impl Ingress {
         answer.await.map_err(|_| Error::Closed)?
     }
 
-    /// Routes one message; waits while the queue is full.
+    /// Routes one message (its router topic and envelope, `envelope.rs`); waits while the
+    /// queue is full.
     pub(crate) async fn publish(&self, topic: Bytes, payload: Bytes) -> Result<()> {
         self.send(Op::Publish { topic, payload }).await
     }
 
-    /// Subscribes link `key` to `filter`.
-    pub(crate) async fn subscribe(&self, key: LinkKey, filter: String) -> Result<()> {
+    /// Subscribes link `key` to `filter` (a client's filter; escaped here for the router).
+    pub(crate) async fn subscribe(&self, key: LinkKey, filter: &str) -> Result<()> {
+        let filter = router_filter(filter);
         self.send(Op::Subscribe { key, filter }).await
     }
 
-    /// Unsubscribes link `key` from `filter`.
-    pub(crate) async fn unsubscribe(&self, key: LinkKey, filter: String) -> Result<()> {
+    /// Unsubscribes link `key` from `filter` (a client's filter).
+    pub(crate) async fn unsubscribe(&self, key: LinkKey, filter: &str) -> Result<()> {
+        let filter = router_filter(filter);
         self.send(Op::Unsubscribe { key, filter }).await
     }
 
@@ -106,26 +123,52 @@ impl Ingress {
     }
 }
 
-/// The next message routed to a link, as (topic, envelope); `None` once the link is gone.
-/// Answers the router's reschedule requests on the way. Cancel-safe.
-pub(crate) async fn next_forward(link: &mut LinkRx) -> Option<(Bytes, Bytes)> {
+/// What a link's receiving half has next.
+pub(crate) enum Next {
+    /// A message: its router topic and envelope.
+    Message(Bytes, Bytes),
+    /// The router stopped feeding the link until it says it is ready again: call
+    /// [`reschedule`] (not inside a `select!`: a dropped reschedule stalls the link for good).
+    Reschedule,
+    /// The link is gone.
+    Gone,
+}
+
+/// The next thing a link receives. Cancel-safe: nothing is taken until it completes.
+pub(crate) async fn next_forward(link: &mut LinkRx) -> Next {
     loop {
         match link.next().await {
             Ok(Some(Notification::Forward(forward))) => {
-                return Some((forward.publish.topic, forward.publish.payload));
+                return Next::Message(forward.publish.topic, forward.publish.payload);
             }
-            Ok(Some(Notification::Unschedule)) => link.wake().await.ok()?,
-            Ok(Some(Notification::Disconnect(..))) | Err(_) => return None,
+            Ok(Some(Notification::Unschedule)) => return Next::Reschedule,
+            Ok(Some(Notification::Disconnect(..))) | Err(_) => return Next::Gone,
             Ok(_) => {}
         }
     }
 }
 
+/// Tells the router the link is ready for more; false when the router is gone.
+pub(crate) async fn reschedule(link: &LinkRx) -> bool {
+    link.wake().await.is_ok()
+}
+
+/// Publishes handed to the router per notification at most.
+const BATCH: usize = 256;
+
 /// The ingress thread: applies operations in order until every handle is gone.
+///
+/// Publishes that are waiting are handed over in one batch with one notification: every
+/// notification takes a slot of the router's channel, where a link's request to be fed again
+/// waits its turn, so fewer notifications keep subscribers' links fed in step.
 fn run(links: LinkFactory, publisher: LinkTx, mut queue: mpsc::Receiver<Op>) {
     let mut open: HashMap<LinkKey, (String, LinkTx)> = HashMap::new();
     open.insert(PUBLISHER, ("publisher".into(), publisher));
-    while let Some(op) = queue.blocking_recv() {
+    let mut next = None;
+    loop {
+        let Some(op) = next.take().or_else(|| queue.blocking_recv()) else {
+            return;
+        };
         let result = match op {
             Op::Open {
                 key,
@@ -140,7 +183,26 @@ fn run(links: LinkFactory, publisher: LinkTx, mut queue: mpsc::Receiver<Op>) {
                 Ok(())
             }
             Op::Publish { topic, payload } => with(&mut open, PUBLISHER, |id, link| {
-                link.publish(topic, payload)
+                let mut last = (topic, payload);
+                for _ in 1..BATCH {
+                    match queue.try_recv() {
+                        Ok(Op::Publish { topic, payload }) => {
+                            let (topic, payload) = std::mem::replace(&mut last, (topic, payload));
+                            link.buffer().push_back(Packet::Publish(
+                                Publish::new(topic, payload, false),
+                                None,
+                            ));
+                        }
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                // The last one goes through the link's own call, which notifies the router of
+                // the whole batch.
+                link.publish(last.0, last.1)
                     .map(drop)
                     .map_err(|e| link_error(id, e))
             }),

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
-use crate::envelope::{Origin, Publication};
+use crate::envelope::{self, Origin, Publication};
 use crate::error::Result;
 use crate::frame::PublishParts;
 use crate::ingress::Ingress;
@@ -21,8 +21,10 @@ pub(crate) struct Intake {
     pub ingress: Ingress,
     /// The durable retained set.
     pub retained: Retained,
-    /// The last sequence number given to a message.
-    sequence: AtomicU64,
+    /// Bytes of envelope and topic routed since start: the sequence number of a message is
+    /// this count once it is routed, so sequence numbers are unique and the distance between
+    /// two of them is the router data in between (what `Edge::drain` measures lag in).
+    routed: AtomicU64,
     /// The last link key handed out (0 is the node's publisher link and its origin).
     key: AtomicU64,
 }
@@ -33,7 +35,7 @@ impl Intake {
         Intake {
             ingress,
             retained,
-            sequence: AtomicU64::new(0),
+            routed: AtomicU64::new(0),
             key: AtomicU64::new(0),
         }
     }
@@ -44,21 +46,23 @@ impl Intake {
         self.key.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// A sequence number for a new message, unique on this node.
-    pub(crate) fn next_sequence(&self) -> u64 {
-        self.sequence.fetch_add(1, Ordering::Relaxed) + 1
+    /// Bytes routed so far (the sequence number of the latest message).
+    pub(crate) fn routed(&self) -> u64 {
+        self.routed.load(Ordering::Relaxed)
     }
 
-    /// Routes one message: a retained one (or a retained delete) is recorded first, so by
-    /// the time a publisher is acknowledged its retained message is durable and every later
-    /// subscriber is served it.
-    pub(crate) async fn route(&self, message: Publication) -> Result<()> {
+    /// Routes one message, giving it its sequence number: a retained one (or a retained
+    /// delete) is recorded first, so by the time a publisher is acknowledged its retained
+    /// message is durable and every later subscriber is served it.
+    pub(crate) async fn route(&self, mut message: Publication) -> Result<()> {
+        let size = (message.topic.len() + envelope::size(&message)) as u64;
+        message.sequence = self.routed.fetch_add(size, Ordering::Relaxed) + size;
         if let Some(change) = change_of(&message) {
             let topic = String::from_utf8_lossy(&message.topic).into_owned();
             self.retained.record(&topic, change).await;
         }
         self.ingress
-            .publish(message.topic.clone(), message.envelope())
+            .publish(envelope::router_topic(&message.topic), message.envelope())
             .await
     }
 

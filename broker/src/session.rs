@@ -143,6 +143,11 @@ pub(crate) struct PendingWill {
     pub settled: CancellationToken,
 }
 
+/// A connected session's queue may grow past `Limits::max_queued` by this factor before
+/// QoS 0 messages are dropped: backpressure holds publishers at the mark, this is the slack
+/// for what was already on its way.
+const QOS0_OVERLOAD: usize = 4;
+
 /// Copies tracked at most per session; beyond, the oldest bookkeeping is dropped (only a
 /// filter change racing with a burst could leave entries behind).
 const MAX_COPIES: usize = 4096;
@@ -158,8 +163,10 @@ pub(crate) struct Session {
     state: Mutex<State>,
     /// Woken when there is something to send.
     pub wake: Notify,
-    /// Whether this session is congested (see [`Flow`]).
+    /// Whether this session is congested: its client is behind (see [`Flow`]).
     congested: AtomicBool,
+    /// Whether this session's drainer is behind the router (see [`Flow`]).
+    lagging: AtomicBool,
     /// Cancelled when the session ends: stops its drainer and its expiry timer.
     pub ended: CancellationToken,
     /// Held by the attached connection; a takeover waits for it.
@@ -178,6 +185,7 @@ impl Session {
             }),
             wake: Notify::new(),
             congested: AtomicBool::new(false),
+            lagging: AtomicBool::new(false),
             ended: CancellationToken::new(),
             attach: Arc::new(tokio::sync::Mutex::new(())),
         }
@@ -236,10 +244,11 @@ impl Session {
         let qos = granted.min(message.qos);
         let dropped = if !state.online && qos == 0 {
             Some("offline_qos0")
-        } else if (qos == 0 && state.queue.len() >= limits.max_queued)
+        } else if (qos == 0 && state.queue.len() >= limits.max_queued * QOS0_OVERLOAD)
             || (!state.online && state.reliable >= limits.max_queued)
         {
-            // QoS 0 under overload, or QoS 1/2 past what is kept for a client that is away.
+            // QoS 0 past what backpressure holds, or QoS 1/2 past what is kept for a client
+            // that is away.
             Some("queue_full")
         } else {
             None
@@ -254,11 +263,9 @@ impl Session {
             retain,
             subscription_ids: ids,
         });
-        if qos > 0 {
-            state.reliable += 1;
-            if state.online && state.reliable >= limits.max_queued {
-                flow.set(self, true);
-            }
+        state.reliable += usize::from(qos > 0);
+        if state.online && state.queue.len() >= limits.max_queued {
+            flow.hold(self, Hold::Congested, true);
         }
         drop(state);
         self.wake.notify_one();
@@ -329,8 +336,8 @@ impl Session {
                 });
             }
         }
-        if state.reliable < limits.max_queued / 2 {
-            flow.set(self, false);
+        if state.queue.len() < limits.max_queued / 2 {
+            flow.hold(self, Hold::Congested, false);
         }
         sent
     }
@@ -463,24 +470,38 @@ fn delivery_properties(message: &Outbound, remaining: Option<u32>) -> Vec<u8> {
     block
 }
 
-/// The broker-wide congestion count publishers wait on.
+/// Why a session holds publishers back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hold {
+    /// Its connected client is behind: the queue passed `Limits::max_queued`.
+    Congested,
+    /// Its drainer is behind the router by more than the router keeps for certain
+    /// (`Edge::drain`): rumqttd would drop what a link leaves unread past its commitlog.
+    Lagging,
+}
+
+/// The broker-wide count of holds that publishers wait on.
 pub(crate) struct Flow {
-    congested: watch::Sender<usize>,
+    holds: watch::Sender<usize>,
 }
 
 impl Flow {
-    /// No session congested.
+    /// Nothing held.
     pub(crate) fn new() -> Flow {
         Flow {
-            congested: watch::Sender::new(0),
+            holds: watch::Sender::new(0),
         }
     }
 
-    /// Marks `session` congested or not; publishers are released when none is.
-    pub(crate) fn set(&self, session: &Session, congested: bool) {
-        if session.congested.swap(congested, Ordering::AcqRel) != congested {
-            self.congested.send_modify(|n| {
-                if congested {
+    /// Sets or clears one hold of `session`; publishers go on when no hold is left.
+    pub(crate) fn hold(&self, session: &Session, why: Hold, on: bool) {
+        let flag = match why {
+            Hold::Congested => &session.congested,
+            Hold::Lagging => &session.lagging,
+        };
+        if flag.swap(on, Ordering::AcqRel) != on {
+            self.holds.send_modify(|n| {
+                if on {
                     *n += 1;
                 } else {
                     *n = n.saturating_sub(1);
@@ -489,20 +510,27 @@ impl Flow {
         }
     }
 
-    /// Waits until no session other than `me` is congested. A congested session's own
-    /// connection never waits here: it must keep reading the acknowledgements that drain it.
+    /// Clears every hold of a session that ended.
+    pub(crate) fn release(&self, session: &Session) {
+        self.hold(session, Hold::Congested, false);
+        self.hold(session, Hold::Lagging, false);
+    }
+
+    /// Waits until nothing but `me`'s own congestion holds publishers. A congested session's
+    /// own connection never waits here: it must keep reading the acknowledgements that
+    /// drain it.
     pub(crate) async fn admit(&self, me: &Session) {
-        if *self.congested.borrow() == 0 {
+        if *self.holds.borrow() == 0 {
             return;
         }
-        let mut rx = self.congested.subscribe();
+        let mut rx = self.holds.subscribe();
         let _ = rx.wait_for(|&n| n <= usize::from(me.is_congested())).await;
     }
 
-    /// Sessions congested now.
+    /// Holds in force now.
     #[cfg(test)]
-    pub(crate) fn congested(&self) -> usize {
-        *self.congested.borrow()
+    pub(crate) fn holds(&self) -> usize {
+        *self.holds.borrow()
     }
 }
 
@@ -663,7 +691,7 @@ mod tests {
             s.offer(message("a", 1, seq, Origin::Node), &LIMITS, &m, &flow);
         }
         assert!(s.is_congested());
-        assert_eq!(flow.congested(), 1);
+        assert_eq!(flow.holds(), 1);
         let mut out = Vec::new();
         // The window of 2 lets two out; two stay queued, under half the mark? No: 2 == 4/2.
         assert_eq!(s.fill(&mut out, &PEER, &LIMITS, &m, &flow), 2);
@@ -671,7 +699,7 @@ mod tests {
         s.puback(1);
         assert_eq!(s.fill(&mut out, &PEER, &LIMITS, &m, &flow), 1);
         assert!(!s.is_congested());
-        assert_eq!(flow.congested(), 0);
+        assert_eq!(flow.holds(), 0);
     }
 
     #[test]

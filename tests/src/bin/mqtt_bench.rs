@@ -91,6 +91,17 @@ fn main() {
         let (rss, peak) = memory_mib(*pid);
         println!("{name:<10} rss now {rss:.1} MiB (10,000 retained held), peak {peak:.1} MiB");
     }
+    // Where Roost's missing messages went: counted drops by reason, and losses inside
+    // rumqttd's router (its commitlog overran a lagging link), which it only logs.
+    let (_, metrics) = roost.get("/metrics");
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("roost_mqtt_messages_dropped_total") && !l.ends_with(" 0"))
+    {
+        println!("roost      {line}");
+    }
+    let jumps = roost.logs().matches("cursor start jumped").count();
+    println!("roost      router cursor jumps (messages lost inside rumqttd): {jumps}");
 }
 
 fn print_row(broker: &str, qos: QoS, run: &str, f: &Figures) {
