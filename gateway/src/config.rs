@@ -1385,7 +1385,7 @@ peers = [
         for (raw, why) in [
             ("10", "missing unit"),
             ("10 s", "unknown unit"),
-            ("1d", "unknown unit"),
+            ("1w", "unknown unit"),
             ("s", "expected an integer"),
             ("-1s", "expected an integer"),
             ("99999999999999999999s", "too large"),
