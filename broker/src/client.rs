@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::ingress::{next_forward, reschedule, LinkKey, Next};
 use crate::intake::Intake;
 use crate::metrics::BrokerMetrics;
+use crate::session::Subscription as SessionSubscription;
 
 /// Messages a subscription buffers before its link stops draining.
 const SUBSCRIPTION_BUFFER: usize = 1024;
@@ -141,6 +142,7 @@ impl BrokerClient {
         let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
         let task = SubscriptionTask {
             key,
+            filter: filter.to_owned(),
             retained,
             link,
             deliver: tx,
@@ -159,6 +161,9 @@ impl BrokerClient {
 /// Forwards one link's messages to its `Subscription`, after the retained ones.
 struct SubscriptionTask {
     key: LinkKey,
+    /// The filter, checked again on every message: the router's `#` also carries the
+    /// escaped `$`-topics (`envelope.rs`), which a leading wildcard must not match.
+    filter: String,
     /// Retained messages matching the filter when it was subscribed, delivered first.
     retained: Vec<Message>,
     link: rumqttd::local::LinkRx,
@@ -197,6 +202,10 @@ impl SubscriptionTask {
             let Some(message) = Publication::open(topic, envelope) else {
                 continue;
             };
+            let topic = String::from_utf8_lossy(&message.topic);
+            if !crate::topic::matches(SessionSubscription::pattern_of(&self.filter), &topic) {
+                continue;
+            }
             let message = Message {
                 topic: String::from_utf8_lossy(&message.topic).into_owned(),
                 payload: message.payload,

@@ -398,7 +398,7 @@ impl Edge {
             conn.out.extend_from_slice(&codec::disconnect_v5(reason));
             let _ = self.flush(&mut conn).await;
         }
-        self.detach(&conn, &end, connect.will);
+        self.detach(&conn, &end, connect.will).await;
         drop(guard);
         end
     }
@@ -488,8 +488,9 @@ impl Edge {
     }
 
     /// The connection ended: the session stays (with its expiry) or ends, and the will is
-    /// published, delayed or dropped.
-    fn detach(self: &Arc<Self>, conn: &Conn, end: &End, will: Option<Will>) {
+    /// published, delayed or dropped. Runs before the connection lets go of the session, so
+    /// a connection taking it over finds all of this settled.
+    async fn detach(self: &Arc<Self>, conn: &Conn, end: &End, will: Option<Will>) {
         let session = conn.session.clone();
         let expiry = conn.expiry;
         let connection = {
@@ -507,18 +508,18 @@ impl Edge {
         let delay = will
             .as_ref()
             .map_or(0, |w| if conn.peer.v5 { w.delay_seconds() } else { 0 });
-        let edge = self.clone();
-        self.tracker.spawn(async move {
-            if let Some(will) = will {
-                if delay == 0 || expiry == 0 {
-                    edge.publish_will(session.key, &will).await;
-                } else {
-                    edge.delay_will(&session, will, delay.min(expiry));
-                }
+        if let Some(will) = will {
+            if delay == 0 || expiry == 0 {
+                self.publish_will(session.key, &will).await;
+            } else {
+                self.delay_will(&session, will, delay.min(expiry));
             }
-            if expiry == 0 {
-                edge.end_session(&session).await;
-            } else if expiry != NEVER {
+        }
+        if expiry == 0 {
+            self.end_session(&session).await;
+        } else if expiry != NEVER {
+            let edge = self.clone();
+            self.tracker.spawn(async move {
                 let lifetime = Duration::from_secs(u64::from(expiry));
                 tokio::select! {
                     () = tokio::time::sleep(lifetime) => {}
@@ -533,8 +534,8 @@ impl Edge {
                     edge.metrics.sessions_expired.inc();
                     edge.end_session(&session).await;
                 }
-            }
-        });
+            });
+        }
     }
 
     /// Keeps a will until its delay runs out, the session resumes, or the session ends.

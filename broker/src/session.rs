@@ -345,8 +345,13 @@ impl Session {
     /// Writes every unfinished delivery again, for a resumed session: PUBLISH with DUP set,
     /// or PUBREL where PUBREC already came (MQTT-4.4.0-1).
     pub(crate) fn resend(&self, out: &mut Vec<u8>, v5: bool) {
-        let state = self.lock();
+        let mut state = self.lock();
         let now = crate::envelope::now_ms();
+        // A message that expired before the client acknowledged it is not sent again, and
+        // gives its window slot and packet id back.
+        state.inflight.retain(|d| {
+            d.stage == Stage::Released || d.message.message.remaining_seconds(now) != Some(0)
+        });
         for delivery in &state.inflight {
             match delivery.stage {
                 Stage::Published => {

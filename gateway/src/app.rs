@@ -38,8 +38,8 @@ const RUNTIME_GRACE: Duration = Duration::from_millis(500);
 /// Runs a node until it is told to stop. Builds the runtime; called once by `main`.
 pub fn run(settings: Settings) -> anyhow::Result<()> {
     logging::init(&settings.log);
-    // Each MQTT client holds three descriptors on the edge path; the usual soft limit of
-    // 1024 would cap a node near 300 clients.
+    // Each MQTT client holds a socket; the usual soft limit of 1024 would cap a node below
+    // mqtt.max_connections' default of 1000 once files and listeners are counted.
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::warn!(error = %e, "could not raise the open-file limit");
     }
