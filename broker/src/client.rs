@@ -1,27 +1,26 @@
 //! The in-process MQTT client the rest of the node uses: publish (retained or not) and
 //! subscribe, without a socket. Publishes enter through the same [`Intake`] as network
-//! clients' (retained set first, then the router); each subscription gets a router link of its
-//! own, so overlapping filters never deliver a message twice to one subscriber.
+//! clients' (retained set first, then the router); the dispatcher (`fanout.rs`) hands each
+//! subscription the messages matching its filter, once each.
 //!
-//! Everything here is QoS 0 inside the process: nothing is lost between the router and a
-//! subscription that keeps reading, and a subscription that stops reading holds its link.
+//! Everything here is QoS 0 inside the process: a subscription that keeps reading loses
+//! nothing; one that stops reading has messages dropped past its buffer, counted.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::embed::INTERNAL_ID_PREFIX;
 use crate::envelope::{Origin, Publication};
 use crate::error::{Error, Result};
-use crate::ingress::{next_forward, reschedule, LinkKey, Next};
+use crate::fanout::Subscribers;
 use crate::intake::Intake;
 use crate::metrics::BrokerMetrics;
-use crate::session::Subscription as SessionSubscription;
 
-/// Messages a subscription buffers before its link stops draining.
+/// Messages a subscription buffers; past that, live messages are dropped (counted in
+/// `dropped{reason="queue_full"}`) until it reads again.
 const SUBSCRIPTION_BUFFER: usize = 1024;
 
 /// A message delivered to an in-process subscription.
@@ -44,22 +43,30 @@ struct Inner {
     intake: Arc<Intake>,
     /// Counts messages in and out of the in-process client.
     metrics: BrokerMetrics,
-    /// Stops subscription tasks at shutdown.
+    /// Where subscriptions are registered for the dispatcher.
+    subscribers: Arc<Subscribers>,
+    /// Cancelled at shutdown: no new subscriptions.
     token: CancellationToken,
-    /// Tracks subscription tasks so shutdown can wait for them.
-    tracker: TaskTracker,
 }
 
 /// A stream of messages matching one filter. Dropping it unsubscribes.
 pub struct Subscription {
     filter: String,
+    /// Retained messages matching the filter when it was subscribed, delivered first.
+    retained: VecDeque<Message>,
+    /// Live messages, from the dispatcher (`fanout.rs`).
     rx: mpsc::Receiver<Message>,
+    key: u64,
+    subscribers: Arc<Subscribers>,
 }
 
 impl Subscription {
     /// The next message, or `None` once the broker has shut down. Cancel-safe.
     pub async fn recv(&mut self) -> Option<Message> {
-        self.rx.recv().await
+        match self.retained.pop_front() {
+            Some(message) => Some(message),
+            None => self.rx.recv().await,
+        }
     }
 
     /// The filter this subscription was made with.
@@ -68,20 +75,26 @@ impl Subscription {
     }
 }
 
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.subscribers.remove_local(self.key);
+    }
+}
+
 impl BrokerClient {
     /// The node's client over `intake`. Called once by `Broker::start`.
     pub(crate) fn new(
         intake: Arc<Intake>,
+        subscribers: Arc<Subscribers>,
         metrics: BrokerMetrics,
         token: CancellationToken,
-        tracker: TaskTracker,
     ) -> Self {
         BrokerClient {
             inner: Arc::new(Inner {
                 intake,
                 metrics,
+                subscribers,
                 token,
-                tracker,
             }),
         }
     }
@@ -116,7 +129,7 @@ impl BrokerClient {
         Ok(())
     }
 
-    /// Subscribes to `filter` (MQTT wildcards allowed) on a link of its own.
+    /// Subscribes to `filter` (MQTT wildcards allowed).
     ///
     /// The retained messages matching the filter are delivered first, then live messages.
     pub async fn subscribe(&self, filter: &str) -> Result<Subscription> {
@@ -126,12 +139,13 @@ impl BrokerClient {
         }
         let intake = &self.inner.intake;
         let key = intake.next_key();
-        let id = format!("{INTERNAL_ID_PREFIX}n{key}");
-        let link = intake.ingress.open(key, id).await?;
-        intake.ingress.subscribe(key, filter).await?;
-        // Taken after the subscription is queued for the router: a retained message published
-        // meanwhile is in this snapshot or arrives live (edge.rs explains the order).
-        let retained = intake
+        let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
+        self.inner
+            .subscribers
+            .add_local(key, filter.to_owned(), tx, || intake.routed());
+        // Taken once the dispatcher offers this subscription live messages: a retained message
+        // published meanwhile is in this snapshot or arrives live.
+        let retained: VecDeque<Message> = intake
             .retained_for(filter, 0, None)
             .into_iter()
             .map(|o| Message {
@@ -139,86 +153,19 @@ impl BrokerClient {
                 payload: o.message.payload,
             })
             .collect();
-        let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
-        let task = SubscriptionTask {
-            key,
-            filter: filter.to_owned(),
-            retained,
-            link,
-            deliver: tx,
-            intake: intake.clone(),
-            metrics: self.inner.metrics.clone(),
-            token: self.inner.token.clone(),
-        };
-        self.inner.tracker.spawn(task.run());
-        Ok(Subscription {
-            filter: filter.to_owned(),
-            rx,
-        })
-    }
-}
-
-/// Forwards one link's messages to its `Subscription`, after the retained ones.
-struct SubscriptionTask {
-    key: LinkKey,
-    /// The filter, checked again on every message: the router's `#` also carries the
-    /// escaped `$`-topics (`envelope.rs`), which a leading wildcard must not match.
-    filter: String,
-    /// Retained messages matching the filter when it was subscribed, delivered first.
-    retained: Vec<Message>,
-    link: rumqttd::local::LinkRx,
-    deliver: mpsc::Sender<Message>,
-    intake: Arc<Intake>,
-    metrics: BrokerMetrics,
-    token: CancellationToken,
-}
-
-impl SubscriptionTask {
-    async fn run(mut self) {
-        let delivered = self
+        let sent = self
+            .inner
             .metrics
             .messages_sent
             .with_label_values(&["local", "0"]);
-        for message in std::mem::take(&mut self.retained) {
-            delivered.inc();
-            if self.deliver.send(message).await.is_err() {
-                return;
-            }
-        }
-        loop {
-            let next = tokio::select! {
-                () = self.token.cancelled() => return,
-                () = self.deliver.closed() => break,
-                next = next_forward(&mut self.link) => next,
-            };
-            let (topic, envelope) = match next {
-                Next::Message(topic, envelope) => (topic, envelope),
-                Next::Reschedule if reschedule(&self.link).await => continue,
-                Next::Reschedule | Next::Gone => {
-                    tracing::warn!(link = self.key, "an in-process subscription's link ended");
-                    return;
-                }
-            };
-            let Some(message) = Publication::open(topic, envelope) else {
-                continue;
-            };
-            let topic = String::from_utf8_lossy(&message.topic);
-            if !crate::topic::matches(SessionSubscription::pattern_of(&self.filter), &topic) {
-                continue;
-            }
-            let message = Message {
-                topic: String::from_utf8_lossy(&message.topic).into_owned(),
-                payload: message.payload,
-            };
-            delivered.inc();
-            if self.deliver.send(message).await.is_err() {
-                break;
-            }
-        }
-        // The subscriber went away: free the router's connection slot.
-        if let Err(e) = self.intake.ingress.close(self.key).await {
-            tracing::debug!(error = %e, "closing an in-process subscription link");
-        }
+        sent.inc_by(retained.len() as u64);
+        Ok(Subscription {
+            filter: filter.to_owned(),
+            retained,
+            rx,
+            key,
+            subscribers: self.inner.subscribers.clone(),
+        })
     }
 }
 

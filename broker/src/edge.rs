@@ -2,8 +2,9 @@
 //! edge enforces the connection limit, the CONNECT deadline and the packet size limit, and
 //! runs each client's MQTT session itself (`session.rs`): CONNECT and takeover, keep-alive,
 //! the QoS 1/2 handshakes both ways, subscriptions with their MQTT 5 options, retained
-//! delivery on subscribe, wills and session expiry. rumqttd's router behind it only matches
-//! topics and fans messages out to the sessions' links (`ingress.rs`, `envelope.rs`).
+//! delivery on subscribe, wills and session expiry. Messages go through rumqttd's router
+//! (`intake.rs`, `ingress.rs`) and come back to the sessions through the dispatcher
+//! (`fanout.rs`).
 //!
 //! Bad input costs the sender its connection, with a log line and a metric; the node and every
 //! other client carry on.
@@ -26,11 +27,11 @@ use crate::auth::{Authorizer, ClientInfo};
 use crate::codec::{self, InPublish, Inbound, SubRequest};
 use crate::embed::INTERNAL_ID_PREFIX;
 use crate::envelope::{now_ms, Origin, Publication};
+use crate::fanout::Subscribers;
 use crate::frame::{self, filter_properties, Connect, FrameError, Protocol, Will};
-use crate::ingress::{next_forward, reschedule, Next};
 use crate::intake::Intake;
 use crate::metrics::BrokerMetrics;
-use crate::session::{Flow, Hold, Limits, Peer, PendingWill, Registry, Session, Subscription};
+use crate::session::{Flow, Limits, Peer, PendingWill, Registry, Session, Subscription};
 use crate::settings::BrokerSettings;
 
 /// Initial read buffer per connection; grows to the largest packet seen.
@@ -47,12 +48,6 @@ const KEEPALIVE_RETRIES: u32 = 3;
 const USER_TIMEOUT: Duration = Duration::from_secs(90);
 /// Topic aliases an MQTT 5 client may use toward the broker (CONNACK Topic Alias Maximum).
 const TOPIC_ALIAS_MAXIMUM: u16 = 64;
-/// Router bytes a session's drainer may fall behind before publishers wait: an eighth of
-/// what rumqttd keeps per filter (`embed::LINK_WINDOW`), leaving room for the messages
-/// already on their way (the ingress queue, the router's channel) when publishers are held.
-const LAG_HIGH: u64 = crate::embed::LINK_WINDOW / 8;
-/// Lag under which the drainer releases publishers.
-const LAG_LOW: u64 = LAG_HIGH / 4;
 /// Session Expiry Interval meaning "never" (MQTT 5 §3.1.2.11.2).
 const NEVER: u32 = u32::MAX;
 
@@ -66,13 +61,15 @@ pub(crate) struct Edge {
     pub intake: Arc<Intake>,
     /// Every session, by client id.
     pub sessions: Registry,
+    /// The sessions and in-process subscriptions the dispatcher offers messages to.
+    pub subscribers: Arc<Subscribers>,
     /// Publishers wait here while a subscriber is congested.
     pub flow: Flow,
     /// Queue and window sizes.
     pub limits: Limits,
     /// Decides what each client may publish and subscribe to.
     pub authorizer: Arc<dyn Authorizer>,
-    /// Runs drainers, delayed wills and expiry timers beside the connections.
+    /// Runs delayed wills and expiry timers beside the connections.
     pub tracker: TaskTracker,
     /// The node's shutdown.
     pub shutdown: CancellationToken,
@@ -95,7 +92,7 @@ enum End {
     Protocol(FrameError),
     /// The client stopped reading: a write waited longer than `send_timeout`.
     SlowConsumer,
-    /// The router could not take a message or a subscription (the node is stopping).
+    /// The router could not take a message (the node is stopping).
     Broker,
     /// A socket failed.
     Io(std::io::Error),
@@ -466,23 +463,18 @@ impl Edge {
         }
     }
 
-    /// Ends a session: forgets it, closes its router link, stops its tasks, and publishes a
+    /// Ends a session: forgets it, stops its tasks, and publishes a
     /// will still waiting out its delay (MQTT 5 §3.1.2.5: the will is sent when the session
     /// ends, whichever comes first).
     async fn end_session(&self, session: &Arc<Session>) {
         self.sessions.remove(session);
+        self.subscribers.remove_session(session.key);
         session.ended.cancel();
-        self.flow.release(session);
-        let (pending, linked) = {
-            let mut state = session.lock();
-            (state.pending_will.take(), state.linked)
-        };
+        self.flow.hold(session, false);
+        let pending = session.lock().pending_will.take();
         if let Some(pending) = pending {
             pending.settled.cancel();
             self.publish_will(session.key, &pending.will).await;
-        }
-        if linked {
-            let _ = self.intake.ingress.close(session.key).await;
         }
         self.metrics.sessions.set(self.sessions.len() as i64);
     }
@@ -500,7 +492,7 @@ impl Edge {
             state.expiry = expiry;
             state.connection
         };
-        self.flow.hold(&session, Hold::Congested, false);
+        self.flow.hold(&session, false);
         if matches!(end, End::Shutdown) {
             return;
         }
@@ -717,7 +709,7 @@ impl Edge {
             Inbound::Subscribe { pkid, id, filters } => {
                 self.subscribe(conn, pkid, id, filters).await?
             }
-            Inbound::Unsubscribe { pkid, filters } => self.unsubscribe(conn, pkid, filters).await?,
+            Inbound::Unsubscribe { pkid, filters } => self.unsubscribe(conn, pkid, filters),
             Inbound::PingReq => conn.out.extend_from_slice(&codec::PINGRESP),
             Inbound::Disconnect {
                 reason,
@@ -848,22 +840,36 @@ impl Edge {
                 codes.push(if v5 { 0x87 } else { 0x80 });
                 continue;
             }
-            let subscription = Subscription {
-                filter: request.filter.clone(),
-                pattern,
-                qos: request.qos,
-                no_local: request.no_local,
-                retain_as_published: request.retain_as_published,
-                id,
-            };
-            let (new, open_link) = {
+            // Listed first, then numbered under the session's lock: a message numbered after
+            // `since` reaches the dispatcher after the listing and is matched after the
+            // subscription is in place.
+            let list = {
                 let mut state = conn.session.lock();
-                let existing = state
+                !std::mem::replace(&mut state.listed, true)
+            };
+            if list {
+                self.subscribers.add_session(conn.session.clone());
+            }
+            let new = {
+                let mut state = conn.session.lock();
+                let mut subscription = Subscription {
+                    filter: request.filter.clone(),
+                    pattern,
+                    qos: request.qos,
+                    no_local: request.no_local,
+                    retain_as_published: request.retain_as_published,
+                    id,
+                    since: self.intake.routed(),
+                };
+                match state
                     .subscriptions
                     .iter_mut()
-                    .find(|s| s.filter == request.filter);
-                let new = match existing {
+                    .find(|s| s.filter == request.filter)
+                {
                     Some(existing) => {
+                        // A repeated SUBSCRIBE replaces the subscription without a gap in
+                        // its messages (MQTT-3.8.4-3).
+                        subscription.since = existing.since;
                         *existing = subscription;
                         false
                     }
@@ -871,21 +877,8 @@ impl Edge {
                         state.subscriptions.push(subscription);
                         true
                     }
-                };
-                let open_link = !state.linked;
-                state.linked = true;
-                (new, open_link)
+                }
             };
-            if open_link {
-                self.link(&conn.session).await?;
-            }
-            if new {
-                self.intake
-                    .ingress
-                    .subscribe(conn.session.key, &request.filter)
-                    .await
-                    .map_err(|_| End::Broker)?;
-            }
             codes.push(request.qos);
             let send_retained = match request.retain_handling {
                 0 => true,
@@ -893,8 +886,9 @@ impl Edge {
                 _ => false,
             };
             if send_retained && !shared {
-                // Taken after the router has the subscription queued, so a retained message
-                // published meanwhile is either in this snapshot or delivered live.
+                // Taken once the dispatcher offers the session live messages with this
+                // subscription, so a retained message published meanwhile is either in this
+                // snapshot or delivered live.
                 retained.extend(self.intake.retained_for(&request.filter, request.qos, id));
             }
         }
@@ -903,87 +897,8 @@ impl Edge {
         Ok(())
     }
 
-    /// Opens the session's router link and starts the task that drains it into the session.
-    async fn link(self: &Arc<Self>, session: &Arc<Session>) -> Result<(), End> {
-        let id = format!("{INTERNAL_ID_PREFIX}s{}", session.key);
-        let mut rx = self
-            .intake
-            .ingress
-            .open(session.key, id)
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "cannot open a router link for a session");
-                End::Broker
-            })?;
-        let (edge, session) = (self.clone(), session.clone());
-        self.tracker
-            .spawn(async move { edge.drain(&session, &mut rx).await });
-        Ok(())
-    }
-
-    /// Moves what the router sends a session's link into the session, until the session
-    /// ends. rumqttd keeps only `embed::LINK_WINDOW` bytes per filter for a link that lags
-    /// and silently drops the rest, so a drainer that falls `LAG_HIGH` bytes behind the
-    /// newest routed message holds publishers back until it is within `LAG_LOW`, or has
-    /// taken everything the router has for it.
-    async fn drain(&self, session: &Session, rx: &mut rumqttd::local::LinkRx) {
-        self.drain_until_ended(session, rx).await;
-        // However the link ended, a drainer that is gone holds no one back.
-        self.flow.hold(session, Hold::Lagging, false);
-    }
-
-    async fn drain_until_ended(&self, session: &Session, rx: &mut rumqttd::local::LinkRx) {
-        loop {
-            let next = match futures_util::FutureExt::now_or_never(next_forward(rx)) {
-                Some(next) => next,
-                None => {
-                    // Caught up with the router: nothing of this link's is at risk.
-                    self.flow.hold(session, Hold::Lagging, false);
-                    tokio::select! {
-                        () = session.ended.cancelled() => return,
-                        () = self.shutdown.cancelled() => return,
-                        next = next_forward(rx) => next,
-                    }
-                }
-            };
-            let (topic, envelope) = match next {
-                Next::Message(topic, envelope) => (topic, envelope),
-                Next::Reschedule => {
-                    // The router has more for this link than one batch, and feeds it again
-                    // only after this request has waited its turn in the router's channel,
-                    // behind publishes: hold publishers until this link is back in step.
-                    self.flow.hold(session, Hold::Lagging, true);
-                    if reschedule(rx).await {
-                        continue;
-                    }
-                    return;
-                }
-                Next::Gone => return,
-            };
-            let Some(message) = Publication::open(topic, envelope) else {
-                self.metrics
-                    .dropped
-                    .with_label_values(&["not_an_envelope"])
-                    .inc();
-                continue;
-            };
-            let lag = self.intake.routed().saturating_sub(message.sequence);
-            if lag > LAG_HIGH {
-                self.flow.hold(session, Hold::Lagging, true);
-            } else if lag < LAG_LOW {
-                self.flow.hold(session, Hold::Lagging, false);
-            }
-            session.offer(message, &self.limits, &self.metrics, &self.flow);
-        }
-    }
-
     /// An UNSUBSCRIBE: each filter removed; UNSUBACK.
-    async fn unsubscribe(
-        &self,
-        conn: &mut Conn,
-        pkid: u16,
-        filters: Vec<String>,
-    ) -> Result<(), End> {
+    fn unsubscribe(&self, conn: &mut Conn, pkid: u16, filters: Vec<String>) {
         let mut codes = Vec::with_capacity(filters.len());
         for filter in filters {
             let removed = {
@@ -992,19 +907,11 @@ impl Edge {
                 state.subscriptions.retain(|s| s.filter != filter);
                 state.subscriptions.len() != before
             };
-            if removed {
-                self.intake
-                    .ingress
-                    .unsubscribe(conn.session.key, &filter)
-                    .await
-                    .map_err(|_| End::Broker)?;
-            }
             // MQTT 5: 0x11, No subscription existed.
             codes.push(if removed { 0 } else { 0x11 });
         }
         conn.out
             .extend_from_slice(&codec::unsuback(pkid, &codes, conn.peer.v5));
-        Ok(())
     }
 
     fn reject(&self, reason: &'static str, detail: &str) {

@@ -1,5 +1,5 @@
 //! rumqttd inside Roost: its router thread and a factory for in-process links. Only this file
-//! and `ingress.rs` touch rumqttd's API; the rest of the crate sees links as keys.
+//! and `ingress.rs` (and the dispatcher's reading, `fanout.rs`) touch rumqttd's API.
 //!
 //! Why not `rumqttd::Broker`: its `start()` blocks, runs one thread and runtime per listener,
 //! and allows new links only before it is called. Roost owns the `Router` instead and opens
@@ -8,7 +8,6 @@
 use std::sync::Arc;
 
 use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
-use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet};
 use rumqttd::{Router, RouterConfig};
 
 use crate::error::{Error, Result};
@@ -18,27 +17,31 @@ use crate::error::{Error, Result};
 pub(crate) type LinkFactory = Arc<dyn Fn(&str) -> Result<(LinkTx, LinkRx)> + Send + Sync>;
 
 /// Client ids of the node's own links. Network clients never reach the router under their
-/// own id (every link is the edge's), but the prefix stays reserved so a log line or a
-/// metric of the router can always be told apart from a client's id.
+/// own id (both links are the node's), but the prefix stays reserved so a log line of the
+/// router can always be told apart from a client's id.
 pub(crate) const INTERNAL_ID_PREFIX: &str = "roost-internal-";
 
-/// Bytes of topic and payload per segment of each filter's commitlog. rumqttd keeps
-/// `SEGMENT_SIZE * SEGMENT_COUNT` per filter for links that lag; the edge drains every link
-/// as it is fed (session.rs), so this only has to cover scheduling hiccups.
+/// Bytes of topic and payload per segment of the router's log (one log: the reader link's
+/// filter, `#`).
 const SEGMENT_SIZE: usize = 256 * 1024;
-/// Segments kept per filter.
+/// Segments the log keeps. A new segment starts when the last one is full, and the oldest is
+/// dropped beyond this count, so the log always holds at least the last
+/// `(SEGMENT_COUNT - 1) * SEGMENT_SIZE` bytes: a reader that far behind loses nothing.
 const SEGMENT_COUNT: usize = 4;
-/// Bytes of topic and payload rumqttd keeps per filter for a link that lags.
-pub(crate) const LINK_WINDOW: u64 = (SEGMENT_SIZE * SEGMENT_COUNT) as u64;
-/// Router slots: one per session that subscribed, plus the node's own links.
-const INTERNAL_LINKS: usize = 256;
+/// Bytes of topic and payload the router's log is certain to keep for the reader. The
+/// intake keeps what is inside the router below this (`intake::BUDGET`).
+pub(crate) const LOG_KEPT: u64 = ((SEGMENT_COUNT - 1) * SEGMENT_SIZE) as u64;
+/// Router connection slots: the publisher and the reader link, and room to spare.
+const LINKS: usize = 4;
+/// Forwards the router hands the reader per turn before it waits to be rescheduled.
+const FORWARDS_PER_TURN: usize = 1024;
 
 /// Starts rumqttd's router thread and returns the factory for links to it. The router thread
 /// has no stop API; it ends with the process.
-pub(crate) fn start(max_sessions: usize) -> LinkFactory {
+pub(crate) fn start() -> LinkFactory {
     let router_config = RouterConfig {
-        max_connections: max_sessions + INTERNAL_LINKS,
-        max_outgoing_packet_count: 200,
+        max_connections: LINKS,
+        max_outgoing_packet_count: FORWARDS_PER_TURN as u64,
         max_segment_size: SEGMENT_SIZE,
         max_segment_count: SEGMENT_COUNT,
         custom_segment: None,
@@ -54,31 +57,7 @@ pub(crate) fn start(max_sessions: usize) -> LinkFactory {
     })
 }
 
-/// Sends a packet on a link, from a thread that may block.
-///
-/// In rumqttd 0.20 `LinkTx::send` is async in name only: it never awaits, and it may block on
-/// the router's bounded channel. One poll therefore completes it; should a rumqttd upgrade make
-/// it really wait, this reports an error instead of blocking a runtime.
-pub(crate) fn send_blocking(client_id: &str, link: &mut LinkTx, packet: Packet) -> Result<()> {
-    match futures_util::FutureExt::now_or_never(link.send(packet)) {
-        Some(Ok(_)) => Ok(()),
-        Some(Err(e)) => Err(link_error(client_id, e)),
-        None => Err(Error::LinkWouldWait {
-            client_id: client_id.to_owned(),
-        }),
-    }
-}
-
-/// A normal DISCONNECT, which makes the router drop a link (its subscriptions with it).
-pub(crate) fn disconnect() -> Packet {
-    Packet::Disconnect(
-        Disconnect {
-            reason_code: DisconnectReasonCode::NormalDisconnection,
-        },
-        None,
-    )
-}
-
+/// A link error, with the link's client id.
 pub(crate) fn link_error(client_id: &str, e: LinkError) -> Error {
     Error::Link {
         client_id: client_id.to_owned(),

@@ -1,7 +1,7 @@
 //! The typed form of every message that enters the broker, and the envelope that carries it
 //! through rumqttd's router. Every publish (a network client's, a will, the node's own, later
-//! a peer's) becomes a [`Publication`] where it enters; the router only matches topics and
-//! fans out, so everything the edge needs at delivery (QoS, retain flag, origin, MQTT 5
+//! a peer's) becomes a [`Publication`] where it enters; the router only carries it, so
+//! everything the edge needs at delivery (QoS, retain flag, origin, MQTT 5
 //! properties, expiry) travels in the payload the router carries, and no client ever sees it.
 //!
 //! Envelope layout (all integers big-endian):
@@ -32,25 +32,6 @@ pub(crate) fn router_topic(topic: &Bytes) -> Bytes {
         escaped.freeze()
     } else {
         topic.clone()
-    }
-}
-
-/// The filter a subscription has inside the router (a shared subscription's inner filter
-/// escaped like a topic).
-pub(crate) fn router_filter(filter: &str) -> String {
-    let escape = |f: &str| {
-        if f.starts_with(['$', ESCAPE]) {
-            format!("{ESCAPE}{f}")
-        } else {
-            f.to_owned()
-        }
-    };
-    match filter
-        .strip_prefix("$share/")
-        .and_then(|rest| rest.split_once('/'))
-    {
-        Some((group, inner)) => format!("$share/{group}/{}", escape(inner)),
-        None => escape(filter),
     }
 }
 
@@ -101,9 +82,9 @@ pub(crate) struct Publication {
     pub retain: bool,
     /// Who published it.
     pub origin: Origin,
-    /// Unique per message on this node, given when it is routed (`Intake::route`); tells
-    /// the copies the router makes for a session's overlapping subscriptions apart from new
-    /// messages, and how far a link lags behind the router.
+    /// The count of messages routed on this node, this one included, given when it is
+    /// routed (`Intake::route`): a subscription made when the count was `n` is offered the
+    /// messages numbered above `n` only, however late the dispatcher reads them.
     pub sequence: u64,
     /// When it expires (MQTT 5 Message Expiry Interval), in unix milliseconds.
     pub expires_at: Option<u64>,
@@ -166,6 +147,12 @@ impl Publication {
 /// The size of a message's envelope in bytes.
 pub(crate) fn size(message: &Publication) -> usize {
     FIXED + message.properties.len() + message.payload.len()
+}
+
+/// The bytes a message takes in the router's log, as rumqttd counts them: its router topic
+/// and its envelope. The router budget (`intake.rs`) is kept in these.
+pub(crate) fn routed_size(router_topic: &[u8], envelope: &[u8]) -> u64 {
+    (router_topic.len() + envelope.len()) as u64
 }
 
 /// Milliseconds since the unix epoch, the clock message expiry is kept in.
@@ -234,10 +221,6 @@ mod tests {
         .unwrap();
         assert_eq!(message.topic, topic);
         assert_eq!(router_topic(&Bytes::from_static(b"a/b")), "a/b");
-        assert_eq!(router_filter("$SYS/#"), "\u{1}$SYS/#");
-        assert_eq!(router_filter("$share/g/$SYS/#"), "$share/g/\u{1}$SYS/#");
-        assert_eq!(router_filter("$share/g/a/+"), "$share/g/a/+");
-        assert_eq!(router_filter("#"), "#");
     }
 
     #[test]

@@ -18,9 +18,6 @@ pub enum Error {
     /// A thread of the embedded broker could not be started.
     #[error("the embedded broker did not start: {0}")]
     Startup(String),
-    /// An operation named a router link that is not open (a bug in the broker crate).
-    #[error("router link {0} is not open")]
-    UnknownLink(u64),
     /// An in-process link to rumqttd's router could not be created or has failed.
     #[error("in-process broker link {client_id}: {source}")]
     Link {
@@ -28,13 +25,6 @@ pub enum Error {
         client_id: String,
         /// rumqttd's error.
         source: Box<rumqttd::local::LinkError>,
-    },
-    /// rumqttd's link send, which never waits in rumqttd 0.20, asked to wait (see
-    /// `embed::send_blocking`): a rumqttd upgrade changed it.
-    #[error("in-process broker link {client_id}: rumqttd's link send would wait")]
-    LinkWouldWait {
-        /// The link's client id.
-        client_id: String,
     },
     /// The durable retained set could not be opened or read.
     #[error("retained messages in {path}: {source}")]

@@ -1,68 +1,50 @@
-//! The one way into rumqttd's router: a thread of its own that owns every link's sending half.
-//! Sessions, wills and the in-process client hand it operations through a bounded channel,
-//! so a full router channel (rumqttd's link sends block) slows the senders down instead of
-//! blocking the node's async workers. The thread keeps the order operations were queued in,
-//! which the edge relies on: a SUBSCRIBE queued before a PUBLISH is seen by the router first.
+//! The way through rumqttd's router: every message is appended once to the router's log by
+//! the publisher link and read back, in order, by the dispatcher's reader link
+//! (`fanout.rs`). A thread of its own owns the publisher link, because rumqttd's link sends
+//! block on the router's bounded channel: senders queue here (async, bounded) instead of
+//! blocking the node's workers.
 //!
-//! Receiving is async (`next_forward`, `reschedule`), on whichever task owns a link's
-//! `LinkRx`.
-
-use std::collections::HashMap;
+//! Receiving is async (`next_forward`, `reschedule`), on the dispatcher's task.
 
 use bytes::Bytes;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{Packet, Publish};
 use rumqttd::Notification;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use crate::embed::{self, disconnect, link_error, send_blocking, LinkFactory};
-use crate::envelope::router_filter;
+use crate::embed::{self, link_error, LinkFactory};
 use crate::error::{Error, Result};
 
-/// Operations queued before senders wait. Small: a message queued here is already past the
-/// publishers' flow control (`session::Flow`), so this bounds what arrives after a hold.
+/// Messages queued before senders wait. Small: the router budget (`intake.rs`) already
+/// bounds what is on its way through the router.
 const QUEUE: usize = 256;
 
-/// Names a link on the ingress thread.
-pub(crate) type LinkKey = u64;
-
-/// The key of the node's publisher link, which every publish goes through.
-const PUBLISHER: LinkKey = 0;
-
-/// What the ingress thread is asked to do.
-enum Op {
-    /// Open a link named `client_id` under `key`; its receiving half goes back on `reply`.
-    Open {
-        key: LinkKey,
-        client_id: String,
-        reply: oneshot::Sender<Result<LinkRx>>,
-    },
-    /// Route a message (topic and envelope, see `envelope.rs`) through the publisher link.
-    Publish { topic: Bytes, payload: Bytes },
-    /// Subscribe link `key` to `filter` (at QoS 0: the edge runs QoS itself).
-    Subscribe { key: LinkKey, filter: String },
-    /// Remove `filter` from link `key`.
-    Unsubscribe { key: LinkKey, filter: String },
-    /// Close link `key`; the router forgets its subscriptions.
-    Close { key: LinkKey },
-}
+/// The filter the reader link subscribes to: every topic. Topics starting with `$` cross
+/// the router escaped (`envelope::router_topic`), so `#` carries them too.
+const EVERYTHING: &str = "#";
 
 /// Handle to the ingress thread; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Ingress {
-    ops: mpsc::Sender<Op>,
+    messages: mpsc::Sender<(Bytes, Bytes)>,
 }
 
 impl Ingress {
-    /// Opens the publisher link and starts the thread. The thread ends when every handle is
-    /// dropped.
-    pub(crate) fn start(links: LinkFactory) -> Result<Ingress> {
-        let id = embed::INTERNAL_ID_PREFIX.to_owned() + "publisher";
-        let (publisher, publisher_rx) = links(&id)?;
-        let (ops, queue) = mpsc::channel(QUEUE);
+    /// Opens the publisher and reader links and starts the thread; returns the handle and
+    /// the reader link's receiving half, for the dispatcher. The thread ends when every
+    /// handle is dropped.
+    pub(crate) fn start(links: LinkFactory) -> Result<(Ingress, LinkRx)> {
+        let prefix = embed::INTERNAL_ID_PREFIX;
+        let (publisher, publisher_rx) = links(&format!("{prefix}publisher"))?;
+        let reader_id = format!("{prefix}reader");
+        let (mut reader, reader_rx) = links(&reader_id)?;
+        reader
+            .subscribe(EVERYTHING)
+            .map_err(|e| link_error(&reader_id, e))?;
+        let (messages, queue) = mpsc::channel(QUEUE);
         std::thread::Builder::new()
             .name("roost-ingress".into())
-            .spawn(move || run(links, publisher, queue))
+            .spawn(move || run(publisher, reader, queue))
             .map_err(|e| Error::Startup(format!("spawning the ingress thread: {e}")))?;
         // The publisher link subscribes to nothing, but the router may still ask it to
         // reschedule: keep it drained so the router never stalls it.
@@ -71,59 +53,25 @@ impl Ingress {
             loop {
                 match next_forward(&mut rx).await {
                     Next::Message(..) => {}
-                    Next::Reschedule => {
-                        if !reschedule(&rx).await {
-                            return;
-                        }
-                    }
-                    Next::Gone => return,
+                    Next::Reschedule if reschedule(&rx).await => {}
+                    Next::Reschedule | Next::Gone => return,
                 }
             }
         });
-        Ok(Ingress { ops })
+        Ok((Ingress { messages }, reader_rx))
     }
 
-    /// Opens a link for a session or an in-process subscription.
-    pub(crate) async fn open(&self, key: LinkKey, client_id: String) -> Result<LinkRx> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Op::Open {
-            key,
-            client_id,
-            reply,
-        })
-        .await?;
-        answer.await.map_err(|_| Error::Closed)?
-    }
-
-    /// Routes one message (its router topic and envelope, `envelope.rs`); waits while the
-    /// queue is full.
-    pub(crate) async fn publish(&self, topic: Bytes, payload: Bytes) -> Result<()> {
-        self.send(Op::Publish { topic, payload }).await
-    }
-
-    /// Subscribes link `key` to `filter` (a client's filter; escaped here for the router).
-    pub(crate) async fn subscribe(&self, key: LinkKey, filter: &str) -> Result<()> {
-        let filter = router_filter(filter);
-        self.send(Op::Subscribe { key, filter }).await
-    }
-
-    /// Unsubscribes link `key` from `filter` (a client's filter).
-    pub(crate) async fn unsubscribe(&self, key: LinkKey, filter: &str) -> Result<()> {
-        let filter = router_filter(filter);
-        self.send(Op::Unsubscribe { key, filter }).await
-    }
-
-    /// Closes link `key`.
-    pub(crate) async fn close(&self, key: LinkKey) -> Result<()> {
-        self.send(Op::Close { key }).await
-    }
-
-    async fn send(&self, op: Op) -> Result<()> {
-        self.ops.send(op).await.map_err(|_| Error::Closed)
+    /// Appends one message (its router topic and envelope, `envelope.rs`) to the router's
+    /// log; waits while the queue is full.
+    pub(crate) async fn publish(&self, topic: Bytes, envelope: Bytes) -> Result<()> {
+        self.messages
+            .send((topic, envelope))
+            .await
+            .map_err(|_| Error::Closed)
     }
 }
 
-/// What a link's receiving half has next.
+/// What the reader link has next.
 pub(crate) enum Next {
     /// A message: its router topic and envelope.
     Message(Bytes, Bytes),
@@ -153,88 +101,29 @@ pub(crate) async fn reschedule(link: &LinkRx) -> bool {
     link.wake().await.is_ok()
 }
 
-/// Publishes handed to the router per notification at most.
+/// Messages handed to the router per notification at most.
 const BATCH: usize = 256;
 
-/// The ingress thread: applies operations in order until every handle is gone.
+/// The ingress thread: appends queued messages in order until every handle is gone.
 ///
-/// Publishes that are waiting are handed over in one batch with one notification: every
-/// notification takes a slot of the router's channel, where a link's request to be fed again
-/// waits its turn, so fewer notifications keep subscribers' links fed in step.
-fn run(links: LinkFactory, publisher: LinkTx, mut queue: mpsc::Receiver<Op>) {
-    let mut open: HashMap<LinkKey, (String, LinkTx)> = HashMap::new();
-    open.insert(PUBLISHER, ("publisher".into(), publisher));
-    let mut next = None;
-    loop {
-        let Some(op) = next.take().or_else(|| queue.blocking_recv()) else {
-            return;
-        };
-        let result = match op {
-            Op::Open {
-                key,
-                client_id,
-                reply,
-            } => {
-                let opened = links(&client_id).map(|(tx, rx)| {
-                    open.insert(key, (client_id, tx));
-                    rx
-                });
-                let _ = reply.send(opened);
-                Ok(())
-            }
-            Op::Publish { topic, payload } => with(&mut open, PUBLISHER, |id, link| {
-                let mut last = (topic, payload);
-                for _ in 1..BATCH {
-                    match queue.try_recv() {
-                        Ok(Op::Publish { topic, payload }) => {
-                            let (topic, payload) = std::mem::replace(&mut last, (topic, payload));
-                            link.buffer().push_back(Packet::Publish(
-                                Publish::new(topic, payload, false),
-                                None,
-                            ));
-                        }
-                        Ok(other) => {
-                            next = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                // The last one goes through the link's own call, which notifies the router of
-                // the whole batch.
-                link.publish(last.0, last.1)
-                    .map(drop)
-                    .map_err(|e| link_error(id, e))
-            }),
-            Op::Subscribe { key, filter } => with(&mut open, key, |id, link| {
-                link.subscribe(filter)
-                    .map(drop)
-                    .map_err(|e| link_error(id, e))
-            }),
-            Op::Unsubscribe { key, filter } => with(&mut open, key, |id, link| {
-                link.unsubscribe(filter)
-                    .map(drop)
-                    .map_err(|e| link_error(id, e))
-            }),
-            Op::Close { key } => match open.remove(&key) {
-                Some((id, mut link)) => send_blocking(&id, &mut link, disconnect()),
-                None => Ok(()),
-            },
-        };
-        if let Err(e) = result {
-            tracing::error!(error = %e, "a router operation failed");
+/// Messages that are waiting are handed over in one batch with one notification: every
+/// notification takes a slot of the router's channel, where the reader's request to be fed
+/// again waits its turn, so fewer notifications keep the reader fed in step. `_reader` is
+/// the reader link's sending half, kept open for as long as the thread runs.
+fn run(mut publisher: LinkTx, _reader: LinkTx, mut queue: mpsc::Receiver<(Bytes, Bytes)>) {
+    let id = "publisher";
+    while let Some(mut last) = queue.blocking_recv() {
+        for _ in 1..BATCH {
+            let Ok(next) = queue.try_recv() else { break };
+            let (topic, envelope) = std::mem::replace(&mut last, next);
+            publisher
+                .buffer()
+                .push_back(Packet::Publish(Publish::new(topic, envelope, false), None));
         }
-    }
-}
-
-/// Runs `f` on link `key`; a key that is not open is a bug on our side, reported as such.
-fn with(
-    open: &mut HashMap<LinkKey, (String, LinkTx)>,
-    key: LinkKey,
-    f: impl FnOnce(&str, &mut LinkTx) -> Result<()>,
-) -> Result<()> {
-    match open.get_mut(&key) {
-        Some((id, link)) => f(id, link),
-        None => Err(Error::UnknownLink(key)),
+        // The last one goes through the link's own call, which notifies the router of the
+        // whole batch.
+        if let Err(e) = publisher.publish(last.0, last.1) {
+            tracing::error!(error = %link_error(id, e), "the router refused a message");
+        }
     }
 }

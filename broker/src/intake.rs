@@ -1,12 +1,14 @@
 //! Where every message enters the broker: network clients' publishes, wills, and the node's
 //! own messages all become a [`Publication`] and pass [`Intake::route`], which keeps the
-//! retained set (durable before the message moves on) and hands the message to the router.
+//! retained set (durable before the message moves on) and hands the message to the router,
+//! within a byte budget that keeps rumqttd from ever dropping what it carries.
 //! This is the seam the cluster builds on: one typed event, with its retain flag, origin and
 //! properties, for every message that enters.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
+use tokio::sync::Notify;
 
 use crate::envelope::{self, Origin, Publication};
 use crate::error::Result;
@@ -15,17 +17,28 @@ use crate::ingress::Ingress;
 use crate::retained::{Change, Retained, Stored};
 use crate::session::Outbound;
 
+/// Bytes of router topic and envelope allowed inside rumqttd's router at once: half of what
+/// its log is certain to keep for the reader (`embed::LOG_KEPT`), so the dispatcher can
+/// never fall far enough behind for the router to drop a message unread.
+const BUDGET: u64 = crate::embed::LOG_KEPT / 2;
+
 /// The entry point shared by the edge and the in-process client.
 pub(crate) struct Intake {
     /// The way into the router.
     pub ingress: Ingress,
     /// The durable retained set.
     pub retained: Retained,
-    /// Bytes of envelope and topic routed since start: the sequence number of a message is
-    /// this count once it is routed, so sequence numbers are unique and the distance between
-    /// two of them is the router data in between (what `Edge::drain` measures lag in).
+    /// Messages routed so far: the sequence number of the latest (`Publication::sequence`).
     routed: AtomicU64,
-    /// The last link key handed out (0 is the node's publisher link and its origin).
+    /// Bytes handed to the router so far (reserved in `route`).
+    admitted: AtomicU64,
+    /// Bytes the dispatcher has read back so far (`consumed`).
+    consumed: AtomicU64,
+    /// A router is waiting for room.
+    waiting: AtomicBool,
+    /// Woken when the dispatcher made room.
+    room: Notify,
+    /// The last key handed out (0 is the node's own origin).
     key: AtomicU64,
 }
 
@@ -36,34 +49,100 @@ impl Intake {
             ingress,
             retained,
             routed: AtomicU64::new(0),
+            admitted: AtomicU64::new(0),
+            consumed: AtomicU64::new(0),
+            waiting: AtomicBool::new(false),
+            room: Notify::new(),
             key: AtomicU64::new(0),
         }
     }
 
-    /// A key for a new session or in-process subscription, unique on this node: it names the
-    /// router link and, for a session, is the origin of its messages.
+    /// A key for a new session or in-process subscription, unique on this node; for a
+    /// session, the origin of its messages.
     pub(crate) fn next_key(&self) -> u64 {
         self.key.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Bytes routed so far (the sequence number of the latest message).
+    /// Messages routed so far: a subscription made now is offered the messages with a
+    /// higher sequence number.
     pub(crate) fn routed(&self) -> u64 {
-        self.routed.load(Ordering::Relaxed)
+        self.routed.load(Ordering::SeqCst)
     }
 
-    /// Routes one message, giving it its sequence number: a retained one (or a retained
-    /// delete) is recorded first, so by the time a publisher is acknowledged its retained
-    /// message is durable and every later subscriber is served it.
+    /// Routes one message: a retained one (or a retained delete) is recorded first, so by
+    /// the time a publisher is acknowledged its retained message is durable and every later
+    /// subscriber is served it. Then it is numbered (after the record: a subscription that
+    /// misses it live finds it in the retained set), waits for room in the router's budget
+    /// and is appended to the router's log.
     pub(crate) async fn route(&self, mut message: Publication) -> Result<()> {
-        let size = (message.topic.len() + envelope::size(&message)) as u64;
-        message.sequence = self.routed.fetch_add(size, Ordering::Relaxed) + size;
         if let Some(change) = change_of(&message) {
             let topic = String::from_utf8_lossy(&message.topic).into_owned();
             self.retained.record(&topic, change).await;
         }
-        self.ingress
-            .publish(envelope::router_topic(&message.topic), message.envelope())
-            .await
+        message.sequence = self.routed.fetch_add(1, Ordering::SeqCst) + 1;
+        let topic = envelope::router_topic(&message.topic);
+        let envelope = message.envelope();
+        let size = envelope::routed_size(&topic, &envelope);
+        self.reserve(size).await;
+        let sent = self.ingress.publish(topic, envelope).await;
+        if sent.is_err() {
+            self.consumed(size);
+        }
+        sent
+    }
+
+    /// Waits until `size` more bytes fit in the router's budget, and takes them. A message
+    /// larger than the whole budget goes when the router is empty.
+    async fn reserve(&self, size: u64) {
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.try_reserve(size) {
+                return;
+            }
+            self.waiting.store(true, Ordering::SeqCst);
+            // Checked again with the flag up: the dispatcher may have made room in between.
+            if self.try_reserve(size) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn try_reserve(&self, size: u64) -> bool {
+        let mut admitted = self.admitted.load(Ordering::SeqCst);
+        loop {
+            let inside = admitted.saturating_sub(self.consumed.load(Ordering::SeqCst));
+            if inside != 0 && inside + size > BUDGET {
+                return false;
+            }
+            match self.admitted.compare_exchange_weak(
+                admitted,
+                admitted + size,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return true,
+                Err(now) => admitted = now,
+            }
+        }
+    }
+
+    /// The dispatcher read `size` bytes back from the router: room for more. Routers
+    /// waiting are woken once the router is half empty.
+    pub(crate) fn consumed(&self, size: u64) {
+        let consumed = self.consumed.fetch_add(size, Ordering::SeqCst) + size;
+        if self.waiting.load(Ordering::SeqCst)
+            && self
+                .admitted
+                .load(Ordering::SeqCst)
+                .saturating_sub(consumed)
+                <= BUDGET / 2
+        {
+            self.waiting.store(false, Ordering::SeqCst);
+            self.room.notify_waiters();
+        }
     }
 
     /// The retained messages matching a new subscription, ready to queue: delivered at the

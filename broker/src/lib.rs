@@ -1,7 +1,7 @@
 //! Roost's embedded MQTT broker.
 //!
-//! Roost owns the network edge and the MQTT sessions; rumqttd's router behind it matches
-//! topics and fans messages out. Layout:
+//! Roost owns the network edge and the MQTT sessions; every message passes through rumqttd's
+//! router, in order, and a dispatcher hands it to the sessions it matches. Layout:
 //! - `edge`: the public listener (one port, MQTT 3.1.1 and 5), limits, and one task per
 //!   connection that runs the client's session;
 //! - `session`: what outlives a connection (subscriptions, queue, QoS 1/2 state, will,
@@ -10,6 +10,8 @@
 //! - `intake`, `envelope`: where every message enters as a typed `Publication`, and the
 //!   envelope that carries it through the router;
 //! - `ingress`, `embed`: rumqttd's router, and the thread that feeds it;
+//! - `fanout`: the dispatcher that reads the router back and offers each message to the
+//!   sessions and in-process subscriptions;
 //! - `client`: [`BrokerClient`], how the rest of the node publishes and subscribes;
 //! - `retained`, `topic`: the retained set Roost keeps (rumqttd keeps none), durable in redb;
 //! - `auth`: the authorization hook;
@@ -24,6 +26,7 @@ mod edge;
 mod embed;
 mod envelope;
 mod error;
+mod fanout;
 mod frame;
 mod ingress;
 mod intake;
@@ -46,6 +49,7 @@ pub use error::{Error, Result};
 pub use metrics::BrokerMetrics;
 pub use settings::BrokerSettings;
 
+use crate::fanout::Subscribers;
 use crate::ingress::Ingress;
 use crate::intake::Intake;
 use crate::retained::Retained;
@@ -109,16 +113,15 @@ impl Broker {
             addr: settings.listen,
             source,
         })?;
-        // Sessions that subscribed hold a router link while their client is away too.
-        let links = embed::start(settings.max_connections * 2);
-        let ingress = Ingress::start(links)?;
+        let (ingress, reader) = Ingress::start(embed::start())?;
         tracing::info!(retained = loaded, "retained messages restored");
         let intake = Arc::new(Intake::new(ingress, retained.clone()));
+        let subscribers = Arc::new(Subscribers::default());
         let client = BrokerClient::new(
             intake.clone(),
+            subscribers.clone(),
             metrics.clone(),
             token.clone(),
-            tracker.clone(),
         );
         let limits = Limits {
             max_queued: settings.max_queued_messages,
@@ -129,12 +132,14 @@ impl Broker {
             metrics: metrics.clone(),
             intake,
             sessions: Registry::default(),
+            subscribers,
             flow: Flow::new(),
             limits,
             authorizer,
             tracker: tracker.clone(),
             shutdown: token.clone(),
         });
+        tracker.spawn(fanout::dispatch(edge.clone(), reader));
         tracker.spawn(edge::run(edge, listener, token, tracker.clone()));
         Ok(Broker {
             local_addr,

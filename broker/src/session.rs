@@ -2,7 +2,7 @@
 //! session holds the client's subscriptions, the messages waiting for it, the QoS 1/2
 //! deliveries in flight, the QoS 2 packet ids it sent and has not released, its pending will
 //! and its expiry. The edge's connection task drives a session while a client is connected
-//! (`edge.rs`); a drainer task feeds it from its router link all the time (`Edge::drain`).
+//! (`edge.rs`); the dispatcher offers it every message, connected or not (`fanout.rs`).
 //!
 //! Flow control lives here too: a connected session whose queue of QoS 1/2 messages passes
 //! the high-water mark is *congested*, and publishers wait at [`Flow::admit`] until no other
@@ -36,6 +36,10 @@ pub(crate) struct Subscription {
     pub retain_as_published: bool,
     /// MQTT 5 Subscription Identifier.
     pub id: Option<u32>,
+    /// Messages routed when the subscription was made (`Intake::routed`): it is offered
+    /// the later ones only, so a message published before the SUBSCRIBE never arrives as a
+    /// live message however late the dispatcher reads it.
+    pub since: u64,
 }
 
 impl Subscription {
@@ -124,11 +128,8 @@ pub(crate) struct State {
     pub connection: u64,
     /// Session Expiry Interval in seconds; `u32::MAX` never expires.
     pub expiry: u32,
-    /// The session's router link is open (it is opened on the first SUBSCRIBE).
-    pub linked: bool,
-    /// Copies still to come of messages matching several of this session's filters (the
-    /// router sends one per filter; the session delivers one): sequence → copies left.
-    copies: HashMap<u64, u32>,
+    /// The dispatcher offers the session messages (from its first SUBSCRIBE on).
+    pub listed: bool,
     /// Cancels the attached connection (a takeover).
     pub kick: Option<CancellationToken>,
     /// The will of the last connection, waiting out its delay or the session's end.
@@ -148,14 +149,9 @@ pub(crate) struct PendingWill {
 /// for what was already on its way.
 const QOS0_OVERLOAD: usize = 4;
 
-/// Copies tracked at most per session; beyond, the oldest bookkeeping is dropped (only a
-/// filter change racing with a burst could leave entries behind).
-const MAX_COPIES: usize = 4096;
-
 /// One MQTT session.
 pub(crate) struct Session {
-    /// Unique on this node: names the session's router link and is the origin of its
-    /// publishes (MQTT 5 No Local).
+    /// Unique on this node: the origin of its publishes (MQTT 5 No Local).
     pub key: u64,
     /// The client identifier.
     pub client_id: String,
@@ -165,8 +161,6 @@ pub(crate) struct Session {
     pub wake: Notify,
     /// Whether this session is congested: its client is behind (see [`Flow`]).
     congested: AtomicBool,
-    /// Whether this session's drainer is behind the router (see [`Flow`]).
-    lagging: AtomicBool,
     /// Cancelled when the session ends: stops its drainer and its expiry timer.
     pub ended: CancellationToken,
     /// Held by the attached connection; a takeover waits for it.
@@ -185,7 +179,6 @@ impl Session {
             }),
             wake: Notify::new(),
             congested: AtomicBool::new(false),
-            lagging: AtomicBool::new(false),
             ended: CancellationToken::new(),
             attach: Arc::new(tokio::sync::Mutex::new(())),
         }
@@ -197,24 +190,30 @@ impl Session {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Offers a routed message: matched against the subscriptions, queued at the QoS it is
-    /// due, or dropped (counted) when the session cannot take it. Wakes the connection.
+    /// Offers a routed message: matched against the subscriptions, and queued once, at the
+    /// highest QoS any of them grants, with every matching Subscription Identifier. Shared
+    /// subscriptions are not delivered here: each matching one is handed to `shared`, for
+    /// the dispatcher to choose one session of the group (`fanout.rs`).
     pub(crate) fn offer(
         &self,
-        message: Publication,
+        message: &Publication,
         limits: &Limits,
         metrics: &BrokerMetrics,
         flow: &Flow,
+        shared: &mut dyn FnMut(&Subscription),
     ) {
-        let mut state = self.lock();
+        let state = self.lock();
         let topic = String::from_utf8_lossy(&message.topic);
-        let (mut copies, mut qos, mut retain, mut ids) = (0u32, None, false, Vec::new());
+        let (mut qos, mut retain, mut ids) = (None, false, Vec::new());
         for sub in state
             .subscriptions
             .iter()
-            .filter(|s| topic::matches(&s.pattern, &topic))
+            .filter(|s| s.since < message.sequence && topic::matches(&s.pattern, &topic))
         {
-            copies += 1;
+            if topic::is_shared(&sub.filter) {
+                shared(sub);
+                continue;
+            }
             if sub.no_local && message.origin == Origin::Session(self.key) {
                 continue;
             }
@@ -222,26 +221,29 @@ impl Session {
             retain |= sub.retain_as_published && message.retain;
             ids.extend(sub.id);
         }
-        // The router sends one copy per matching filter; deliver the first, skip the rest.
-        if copies > 1 {
-            match state.copies.get_mut(&message.sequence) {
-                Some(left) => {
-                    *left -= 1;
-                    if *left == 0 {
-                        state.copies.remove(&message.sequence);
-                    }
-                    return;
-                }
-                None => {
-                    if state.copies.len() >= MAX_COPIES {
-                        state.copies.clear();
-                    }
-                    state.copies.insert(message.sequence, copies - 1);
-                }
-            }
+        drop(state);
+        if let Some(granted) = qos {
+            let delivery = Outbound {
+                message: message.clone(),
+                qos: granted.min(message.qos),
+                retain,
+                subscription_ids: ids,
+            };
+            self.deliver(delivery, limits, metrics, flow);
         }
-        let Some(granted) = qos else { return };
-        let qos = granted.min(message.qos);
+    }
+
+    /// Queues one delivery, or drops it (counted) when the session cannot take it. Wakes the
+    /// connection.
+    pub(crate) fn deliver(
+        &self,
+        delivery: Outbound,
+        limits: &Limits,
+        metrics: &BrokerMetrics,
+        flow: &Flow,
+    ) {
+        let mut state = self.lock();
+        let qos = delivery.qos;
         let dropped = if !state.online && qos == 0 {
             Some("offline_qos0")
         } else if (qos == 0 && state.queue.len() >= limits.max_queued * QOS0_OVERLOAD)
@@ -257,15 +259,10 @@ impl Session {
             metrics.dropped.with_label_values(&[reason]).inc();
             return;
         }
-        state.queue.push_back(Outbound {
-            message,
-            qos,
-            retain,
-            subscription_ids: ids,
-        });
+        state.queue.push_back(delivery);
         state.reliable += usize::from(qos > 0);
         if state.online && state.queue.len() >= limits.max_queued {
-            flow.hold(self, Hold::Congested, true);
+            flow.hold(self, true);
         }
         drop(state);
         self.wake.notify_one();
@@ -337,7 +334,7 @@ impl Session {
             }
         }
         if state.queue.len() < limits.max_queued / 2 {
-            flow.hold(self, Hold::Congested, false);
+            flow.hold(self, false);
         }
         sent
     }
@@ -402,6 +399,11 @@ impl Session {
         {
             state.inflight.remove(at);
         }
+    }
+
+    /// Whether a client is attached now.
+    pub(crate) fn is_online(&self) -> bool {
+        self.lock().online
     }
 
     /// Whether the session is congested now.
@@ -475,16 +477,6 @@ fn delivery_properties(message: &Outbound, remaining: Option<u32>) -> Vec<u8> {
     block
 }
 
-/// Why a session holds publishers back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Hold {
-    /// Its connected client is behind: the queue passed `Limits::max_queued`.
-    Congested,
-    /// Its drainer is behind the router by more than the router keeps for certain
-    /// (`Edge::drain`): rumqttd would drop what a link leaves unread past its commitlog.
-    Lagging,
-}
-
 /// The broker-wide count of holds that publishers wait on.
 pub(crate) struct Flow {
     holds: watch::Sender<usize>,
@@ -498,13 +490,10 @@ impl Flow {
         }
     }
 
-    /// Sets or clears one hold of `session`; publishers go on when no hold is left.
-    pub(crate) fn hold(&self, session: &Session, why: Hold, on: bool) {
-        let flag = match why {
-            Hold::Congested => &session.congested,
-            Hold::Lagging => &session.lagging,
-        };
-        if flag.swap(on, Ordering::AcqRel) != on {
+    /// Sets or clears the hold of a congested `session`; publishers go on when no hold is
+    /// left.
+    pub(crate) fn hold(&self, session: &Session, on: bool) {
+        if session.congested.swap(on, Ordering::AcqRel) != on {
             self.holds.send_modify(|n| {
                 if on {
                     *n += 1;
@@ -513,12 +502,6 @@ impl Flow {
                 }
             });
         }
-    }
-
-    /// Clears every hold of a session that ended.
-    pub(crate) fn release(&self, session: &Session) {
-        self.hold(session, Hold::Congested, false);
-        self.hold(session, Hold::Lagging, false);
     }
 
     /// Waits until nothing but `me`'s own congestion holds publishers. A congested session's
@@ -593,7 +576,7 @@ mod tests {
         BrokerMetrics::register(&prometheus::Registry::new()).unwrap()
     }
 
-    fn message(topic: &'static str, qos: u8, sequence: u64, origin: Origin) -> Publication {
+    fn message(topic: &'static str, qos: u8, origin: Origin) -> Publication {
         Publication {
             topic: Bytes::from_static(topic.as_bytes()),
             payload: Bytes::from_static(b"p"),
@@ -601,7 +584,7 @@ mod tests {
             qos,
             retain: true,
             origin,
-            sequence,
+            sequence: 1,
             expires_at: None,
         }
     }
@@ -614,6 +597,7 @@ mod tests {
             no_local: false,
             retain_as_published: false,
             id: None,
+            since: 0,
         }
     }
 
@@ -638,8 +622,20 @@ mod tests {
         let (m, flow) = (metrics(), Flow::new());
         let s = Session::new(1, "c".into(), 0);
         online(&s, vec![subscription("a/#", 1)]);
-        s.offer(message("a/b", 0, 1, Origin::Node), &LIMITS, &m, &flow);
-        s.offer(message("a/b", 2, 2, Origin::Node), &LIMITS, &m, &flow);
+        s.offer(
+            &message("a/b", 0, Origin::Node),
+            &LIMITS,
+            &m,
+            &flow,
+            &mut |_| {},
+        );
+        s.offer(
+            &message("a/b", 2, Origin::Node),
+            &LIMITS,
+            &m,
+            &flow,
+            &mut |_| {},
+        );
         let state = s.lock();
         let qos: Vec<u8> = state.queue.iter().map(|o| o.qos).collect();
         assert_eq!(qos, [0, 1]);
@@ -652,13 +648,16 @@ mod tests {
         let (m, flow) = (metrics(), Flow::new());
         let s = Session::new(1, "c".into(), 0);
         online(&s, vec![subscription("a/#", 0), subscription("a/+", 2)]);
-        // The router sends one copy per matching filter.
-        s.offer(message("a/b", 2, 9, Origin::Node), &LIMITS, &m, &flow);
-        s.offer(message("a/b", 2, 9, Origin::Node), &LIMITS, &m, &flow);
+        s.offer(
+            &message("a/b", 2, Origin::Node),
+            &LIMITS,
+            &m,
+            &flow,
+            &mut |_| {},
+        );
         let state = s.lock();
         assert_eq!(state.queue.len(), 1);
         assert_eq!(state.queue[0].qos, 2);
-        assert!(state.copies.is_empty());
     }
 
     #[test]
@@ -668,8 +667,20 @@ mod tests {
         let mut sub = subscription("a", 1);
         sub.no_local = true;
         online(&s, vec![sub]);
-        s.offer(message("a", 1, 1, Origin::Session(7)), &LIMITS, &m, &flow);
-        s.offer(message("a", 1, 2, Origin::Session(8)), &LIMITS, &m, &flow);
+        s.offer(
+            &message("a", 1, Origin::Session(7)),
+            &LIMITS,
+            &m,
+            &flow,
+            &mut |_| {},
+        );
+        s.offer(
+            &message("a", 1, Origin::Session(8)),
+            &LIMITS,
+            &m,
+            &flow,
+            &mut |_| {},
+        );
         assert_eq!(s.lock().queue.len(), 1);
     }
 
@@ -678,10 +689,22 @@ mod tests {
         let (m, flow) = (metrics(), Flow::new());
         let s = Session::new(1, "c".into(), 60);
         s.lock().subscriptions = vec![subscription("a", 1)];
-        for seq in 0..6 {
-            s.offer(message("a", 1, seq, Origin::Node), &LIMITS, &m, &flow);
+        for _ in 0..6 {
+            s.offer(
+                &message("a", 1, Origin::Node),
+                &LIMITS,
+                &m,
+                &flow,
+                &mut |_| {},
+            );
         }
-        s.offer(message("a", 0, 9, Origin::Node), &LIMITS, &m, &flow);
+        s.offer(
+            &message("a", 0, Origin::Node),
+            &LIMITS,
+            &m,
+            &flow,
+            &mut |_| {},
+        );
         assert_eq!(s.lock().queue.len(), 4);
         assert_eq!(m.dropped.with_label_values(&["queue_full"]).get(), 2);
         assert_eq!(m.dropped.with_label_values(&["offline_qos0"]).get(), 1);
@@ -692,8 +715,14 @@ mod tests {
         let (m, flow) = (metrics(), Flow::new());
         let s = Session::new(1, "c".into(), 0);
         online(&s, vec![subscription("a", 1)]);
-        for seq in 0..4 {
-            s.offer(message("a", 1, seq, Origin::Node), &LIMITS, &m, &flow);
+        for _ in 0..4 {
+            s.offer(
+                &message("a", 1, Origin::Node),
+                &LIMITS,
+                &m,
+                &flow,
+                &mut |_| {},
+            );
         }
         assert!(s.is_congested());
         assert_eq!(flow.holds(), 1);
@@ -712,7 +741,13 @@ mod tests {
         let (m, flow) = (metrics(), Flow::new());
         let s = Session::new(1, "c".into(), 0);
         online(&s, vec![subscription("a", 2)]);
-        s.offer(message("a", 2, 1, Origin::Node), &LIMITS, &m, &flow);
+        s.offer(
+            &message("a", 2, Origin::Node),
+            &LIMITS,
+            &m,
+            &flow,
+            &mut |_| {},
+        );
         let mut out = Vec::new();
         s.fill(&mut out, &PEER, &LIMITS, &m, &flow);
         assert_eq!(out[0], 0x34);
@@ -733,7 +768,13 @@ mod tests {
         let (m, flow) = (metrics(), Flow::new());
         let s = Session::new(1, "c".into(), 0);
         online(&s, vec![subscription("a", 1)]);
-        s.offer(message("a", 1, 1, Origin::Node), &LIMITS, &m, &flow);
+        s.offer(
+            &message("a", 1, Origin::Node),
+            &LIMITS,
+            &m,
+            &flow,
+            &mut |_| {},
+        );
         let mut out = Vec::new();
         s.fill(&mut out, &PEER, &LIMITS, &m, &flow);
         let mut again = Vec::new();
@@ -743,7 +784,13 @@ mod tests {
             max_packet: 4,
             ..PEER
         };
-        s.offer(message("a", 1, 2, Origin::Node), &LIMITS, &m, &flow);
+        s.offer(
+            &message("a", 1, Origin::Node),
+            &LIMITS,
+            &m,
+            &flow,
+            &mut |_| {},
+        );
         assert_eq!(s.fill(&mut Vec::new(), &tiny, &LIMITS, &m, &flow), 0);
         assert_eq!(m.dropped.with_label_values(&["packet_too_large"]).get(), 1);
     }
@@ -751,7 +798,7 @@ mod tests {
     #[test]
     fn expiry_and_subscription_ids_are_written_per_delivery() {
         let mut o = Outbound {
-            message: message("a", 0, 1, Origin::Node),
+            message: message("a", 0, Origin::Node),
             qos: 0,
             retain: false,
             subscription_ids: vec![3],

@@ -1,6 +1,6 @@
 //! MQTT topic filter matching, for what the edge delivers itself (retained messages): `+` one
 //! level, `#` the rest (and the parent), `$`-topics not matched by a leading wildcard, shared
-//! subscriptions recognised. The router does the matching for live messages.
+//! subscriptions recognised. Sessions and the dispatcher match every message with it.
 
 /// Whether `filter` matches `topic` (MQTT 3.1.1 §4.7, MQTT 5 §4.7).
 pub(crate) fn matches(filter: &str, topic: &str) -> bool {

@@ -1088,7 +1088,6 @@ fn topic_filter_edge_cases() {
 }
 
 #[test]
-#[ignore = "open in issue 3: under a publisher flood rumqttd's router still overruns a link's commitlog (docs/broker.md, Flow control)"]
 fn a_slow_qos1_subscriber_applies_backpressure_without_loss() {
     let node = Node::builder("sessions-backpressure").start();
     check_slow_qos1_subscriber_applies_backpressure_without_loss(
