@@ -3,7 +3,7 @@
 //! Session Expiry) keep subscriptions and queue QoS 1/2 messages while their client is away, and
 //! an expired MQTT 5 session is gone; the MQTT 5 subscription options No Local, Retain As
 //! Published and Retain Handling; a client's Maximum Packet Size; QoS 2 exactly-once across a
-//! dropped connection in both directions; topic filter edge cases (`$` topics, empty levels,
+//! dropped connection in both directions; shared subscriptions; topic filter edge cases (`$` topics, empty levels,
 //! `#` matching its parent); and a slow QoS 1 subscriber that must slow its publishers down
 //! instead of losing messages or growing the node's memory.
 //!
@@ -921,6 +921,88 @@ fn check_topic_filter_edge_cases(port: u16) {
     }
 }
 
+/// MQTT 5 §4.8.2: a shared subscription (`$share/<group>/<filter>`) delivers each message to
+/// one session of the group, and the group shares the load; a plain subscription to the same
+/// filter still gets every message; a member that leaves gets nothing more, the others take
+/// its share. Retained messages are sent for new non-shared subscriptions only (OASIS MQTT-234,
+/// which added shared subscriptions to MQTT 5); Mosquitto 2.0.11 sends them to shared ones too,
+/// which `shared_gets_retained` allows for its oracle run.
+fn check_shared_subscription_delivers_each_message_once_per_group(
+    port: u16,
+    shared_gets_retained: bool,
+) {
+    let (mut publisher, _) = Client::connect(port, &Connect::v5("share-pub"));
+    publisher.publish("share/t", b"retained", 1, true);
+    let mut members: Vec<Client> = ["share-a", "share-b"]
+        .iter()
+        .map(|id| {
+            let (mut member, _) = Client::connect(port, &Connect::v5(id));
+            member.subscribe("$share/g/share/t", 1);
+            member.subscribe(&format!("share/done/{id}"), 1);
+            member
+        })
+        .collect();
+    let (mut plain, _) = Client::connect(port, &Connect::v5("share-plain"));
+    plain.subscribe("share/t", 1);
+    assert_eq!(
+        plain.next_message("the retained message (plain)").text(),
+        "retained"
+    );
+
+    // Reads a member's messages up to its own marker; the retained message must not be there.
+    let drain = |member: &mut Client, id: &str| -> Vec<String> {
+        let mut got = Vec::new();
+        loop {
+            let m = member.next_message(&format!("{id}'s messages and marker"));
+            if m.topic.starts_with("share/done/") {
+                return got;
+            }
+            if m.text() == "retained" {
+                assert!(
+                    shared_gets_retained && m.retain,
+                    "{id}: a shared subscription got a retained message: {m:?}"
+                );
+                continue;
+            }
+            assert_eq!((m.topic.as_str(), m.qos), ("share/t", 1), "{id}: {m:?}");
+            got.push(m.text());
+        }
+    };
+    let sent: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+    for text in &sent {
+        publisher.publish("share/t", text.as_bytes(), 1, false);
+    }
+    for id in ["share-a", "share-b"] {
+        publisher.publish(&format!("share/done/{id}"), b"done", 1, false);
+    }
+    let got_a = drain(&mut members[0], "share-a");
+    let got_b = drain(&mut members[1], "share-b");
+    assert!(
+        !got_a.is_empty() && !got_b.is_empty(),
+        "the group shares the load: a got {got_a:?}, b got {got_b:?}"
+    );
+    let mut both: Vec<String> = got_a.iter().chain(&got_b).cloned().collect();
+    both.sort_by_key(|t| t[1..].parse::<u32>().unwrap());
+    assert_eq!(both, sent, "each message once to the group");
+    for text in &sent {
+        assert_eq!(&plain.next_message("every message (plain)").text(), text);
+    }
+
+    // b leaves (its session ends with the connection): a takes every message.
+    members.pop().unwrap().disconnect();
+    let later: Vec<String> = (10..14).map(|i| format!("m{i}")).collect();
+    for text in &later {
+        publisher.publish("share/t", text.as_bytes(), 1, false);
+    }
+    publisher.publish("share/done/share-a", b"done", 1, false);
+    assert_eq!(
+        drain(&mut members[0], "share-a"),
+        later,
+        "a alone gets them all"
+    );
+    publisher.publish("share/t", b"", 1, true);
+}
+
 const FLOOD_PUBLISHERS: usize = 4;
 const FLOOD_PER_PUBLISHER: usize = 5_000;
 const FLOOD_PAYLOAD: usize = 4096;
@@ -1088,6 +1170,12 @@ fn topic_filter_edge_cases() {
 }
 
 #[test]
+fn shared_subscription_delivers_each_message_once_per_group() {
+    let node = Node::builder("sessions-shared").start();
+    check_shared_subscription_delivers_each_message_once_per_group(node.port(), false);
+}
+
+#[test]
 fn a_slow_qos1_subscriber_applies_backpressure_without_loss() {
     let node = Node::builder("sessions-backpressure").start();
     check_slow_qos1_subscriber_applies_backpressure_without_loss(
@@ -1135,6 +1223,13 @@ fn mosquitto_with(extra: &str) -> (ChildGuard, u16, tempfile::TempDir) {
         std::thread::sleep(Duration::from_millis(10));
     }
     (process, port, dir)
+}
+
+#[test]
+#[ignore = "oracle: validates the test logic against Mosquitto"]
+fn mosquitto_oracle_shared_subscription_delivers_each_message_once_per_group() {
+    let broker = mosquitto();
+    check_shared_subscription_delivers_each_message_once_per_group(broker.port, true);
 }
 
 #[test]

@@ -11,7 +11,8 @@
 //!
 //! - burst: 4 publishers send 50,000 QoS 1 messages each as fast as they can to one QoS 1
 //!   subscriber: messages lost, and the broker's peak RSS (`msg/s` column: delivered per second);
-//! - RSS of the broker holding the 10,000 retained messages, after the runs above.
+//! - RSS of the broker: idle (before the first run), holding the 10,000 retained messages
+//!   (before the burst), after the burst, and its peak.
 //!
 //! Panics: a benchmark, not a service; each `expect` names what it needs (a broker that
 //! accepts the clients' packets) and stops the run with that message.
@@ -73,6 +74,7 @@ fn main() {
         "broker", "qos", "run", "p50 µs", "p99 µs", "msg/s", "received/sent"
     );
     for (name, port, pid) in &targets {
+        let (idle, _) = memory_mib(*pid);
         for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
             let latency = runtime.block_on(latency_run(*port, qos, latency_n, false));
             print_row(name, qos, "latency", &latency);
@@ -86,10 +88,14 @@ fn main() {
             let retained = runtime.block_on(retained_run(*port, qos, RETAINED_N));
             print_row(name, qos, "retained ms", &retained);
         }
+        let (retained, _) = memory_mib(*pid);
         let burst = runtime.block_on(burst_run(*port, BURST_PUBLISHERS, BURST_EACH));
         print_row(name, QoS::AtLeastOnce, "burst", &burst);
-        let (rss, peak) = memory_mib(*pid);
-        println!("{name:<10} rss now {rss:.1} MiB (10,000 retained held), peak {peak:.1} MiB");
+        let (after, peak) = memory_mib(*pid);
+        println!(
+            "{name:<10} rss MiB: idle {idle:.1}, holding 10,000 retained {retained:.1}, \
+             after the burst {after:.1}, peak {peak:.1}"
+        );
     }
     // Where Roost's missing messages went: counted drops by reason, and losses inside
     // rumqttd's router (its commitlog overran a lagging link), which it only logs.
