@@ -92,6 +92,9 @@ enum End {
     Protocol(FrameError),
     /// The client stopped reading: a write waited longer than `send_timeout`.
     SlowConsumer,
+    /// An MQTT 5 client sent a QoS 2 PUBLISH with the broker's Receive Maximum of QoS 2
+    /// publishes already unreleased (MQTT-3.3.4-9).
+    ReceiveMaximum,
     /// The router could not take a message (the node is stopping).
     Broker,
     /// A socket failed.
@@ -113,6 +116,7 @@ impl End {
     fn reason_code(&self) -> Option<u8> {
         match self {
             End::KeepAlive => Some(0x8d),
+            End::ReceiveMaximum => Some(0x93),
             End::TakenOver => Some(0x8e),
             End::Shutdown => Some(0x8b),
             End::Protocol(FrameError::TooLarge { .. }) => Some(0x95),
@@ -234,6 +238,10 @@ impl Edge {
             End::Protocol(e) => {
                 tracing::warn!(error = %e, "MQTT connection closed: protocol error")
             }
+            End::ReceiveMaximum => tracing::warn!(
+                limit = self.limits.max_inflight,
+                "MQTT connection closed: more unreleased QoS 2 publishes than the Receive Maximum"
+            ),
             End::Io(e) => tracing::debug!(error = %e, "MQTT connection closed: socket error"),
             other => tracing::debug!(end = ?other, "MQTT connection closed"),
         }
@@ -762,7 +770,20 @@ impl Edge {
             username: conn.username.as_deref(),
         };
         let allowed = self.authorizer.may_publish(&client, name);
-        let duplicate = publish.qos == 2 && conn.session.lock().incoming.contains(&publish.pkid);
+        let (duplicate, unreleased) = if publish.qos == 2 {
+            let state = conn.session.lock();
+            (state.incoming.contains(&publish.pkid), state.incoming.len())
+        } else {
+            (false, 0)
+        };
+        if v5 && !duplicate && unreleased >= usize::from(self.limits.max_inflight) {
+            // The client ignored the Receive Maximum of the CONNACK.
+            self.metrics
+                .protocol_errors
+                .with_label_values(&["receive_maximum_exceeded"])
+                .inc();
+            return Err(End::ReceiveMaximum);
+        }
         if !allowed {
             tracing::debug!(topic = name, "publish not authorized");
             self.metrics

@@ -3,7 +3,7 @@
 //! Session Expiry) keep subscriptions and queue QoS 1/2 messages while their client is away, and
 //! an expired MQTT 5 session is gone; the MQTT 5 subscription options No Local, Retain As
 //! Published and Retain Handling; a client's Maximum Packet Size; QoS 2 exactly-once across a
-//! dropped connection in both directions; shared subscriptions; topic filter edge cases (`$` topics, empty levels,
+//! dropped connection in both directions; the Receive Maximum; shared subscriptions; topic filter edge cases (`$` topics, empty levels,
 //! `#` matching its parent); and a slow QoS 1 subscriber that must slow its publishers down
 //! instead of losing messages or growing the node's memory.
 //!
@@ -40,6 +40,7 @@ const PUBREL: u8 = 6;
 const PUBCOMP: u8 = 7;
 const SUBACK: u8 = 9;
 const PINGRESP: u8 = 13;
+const DISCONNECT: u8 = 14;
 
 /// SUBSCRIBE option bits (MQTT 5 §3.8.3.1), beside the maximum QoS in bits 0-1.
 const NO_LOCAL: u8 = 0x04;
@@ -1003,6 +1004,41 @@ fn check_shared_subscription_delivers_each_message_once_per_group(
     publisher.publish("share/t", b"", 1, true);
 }
 
+/// The Receive Maximum Roost announces in its CONNACK (docs/broker.md).
+const ROOST_RECEIVE_MAXIMUM: u16 = 100;
+
+/// MQTT-3.3.4-9: an MQTT 5 client may have at most the server's Receive Maximum of QoS 2
+/// publishes unreleased; one more and the server disconnects it with reason 0x93 (Receive
+/// Maximum exceeded). A resent PUBLISH of an unreleased id is not a new one. Other clients
+/// carry on. Roost only: Mosquitto announces a different maximum (20) and lets this pass.
+fn check_receive_maximum_is_enforced(port: u16) {
+    let (mut greedy, _) = Client::connect(port, &Connect::v5("rm-greedy"));
+    for pkid in 1..=ROOST_RECEIVE_MAXIMUM {
+        greedy.send(&publish_packet(true, "rm/t", b"x", 2, false, false, pkid));
+        let rec = greedy.expect(PUBREC, "PUBREC");
+        assert_eq!((rec.pkid(), rec.reason()), (pkid, 0));
+    }
+    // A resend of an unreleased publish is answered, not counted.
+    greedy.send(&publish_packet(true, "rm/t", b"x", 2, false, true, 1));
+    assert_eq!(greedy.expect(PUBREC, "PUBREC of the resend").pkid(), 1);
+    greedy.send(&publish_packet(
+        true,
+        "rm/t",
+        b"x",
+        2,
+        false,
+        false,
+        ROOST_RECEIVE_MAXIMUM + 1,
+    ));
+    let disconnect = greedy.expect(DISCONNECT, "DISCONNECT");
+    assert_eq!(disconnect.body.first(), Some(&0x93), "{disconnect:?}");
+
+    let (mut other, _) = Client::connect(port, &Connect::v5("rm-other"));
+    other.subscribe("rm/other", 1);
+    other.publish("rm/other", b"still here", 1, false);
+    assert_eq!(other.next_message("a message").text(), "still here");
+}
+
 const FLOOD_PUBLISHERS: usize = 4;
 const FLOOD_PER_PUBLISHER: usize = 5_000;
 const FLOOD_PAYLOAD: usize = 4096;
@@ -1173,6 +1209,17 @@ fn topic_filter_edge_cases() {
 fn shared_subscription_delivers_each_message_once_per_group() {
     let node = Node::builder("sessions-shared").start();
     check_shared_subscription_delivers_each_message_once_per_group(node.port(), false);
+}
+
+#[test]
+fn receive_maximum_is_enforced() {
+    let node = Node::builder("sessions-receive-maximum").start();
+    check_receive_maximum_is_enforced(node.port());
+    let (_, metrics) = node.get("/metrics");
+    assert!(
+        metrics.contains("roost_mqtt_protocol_errors_total{reason=\"receive_maximum_exceeded\"} 1"),
+        "the refusal is counted"
+    );
 }
 
 #[test]
