@@ -1,4 +1,4 @@
-//! The authorization hook: every PUBLISH and every SUBSCRIBE filter from a network client is
+//! The authorization hook: every PUBLISH, will and SUBSCRIBE filter from a network client is
 //! asked about here before it takes effect. The default allows everything; the security
 //! issue plugs per-user topic rules in behind the same trait.
 
@@ -15,11 +15,13 @@ pub struct ClientInfo<'a> {
 /// filter, so answers must be quick and must not block.
 pub trait Authorizer: Send + Sync + 'static {
     /// Whether `client` may publish on `topic`. A denied publish is acknowledged (MQTT 5 with
-    /// reason 0x87, Not authorized) and dropped, and counted.
+    /// reason 0x87, Not authorized) and dropped, and counted. A will is asked about when the
+    /// client connects (its client id as sent, empty when the broker assigns one): a denied
+    /// will refuses the CONNECT (MQTT 5 0x87, 3.1.1 0x05).
     fn may_publish(&self, client: &ClientInfo<'_>, topic: &str) -> bool;
 
     /// Whether `client` may subscribe to `filter`. A denied filter gets a failure code in
-    /// the SUBACK (MQTT 5: 0x87; 3.1.1: 0x80).
+    /// the SUBACK (MQTT 5: 0x87; 3.1.1: 0x80), and is counted.
     fn may_subscribe(&self, client: &ClientInfo<'_>, filter: &str) -> bool;
 }
 

@@ -303,6 +303,11 @@ impl Edge {
                 "identifier_rejected",
                 "an empty client id needs a clean session",
             )),
+            _ if !self.will_allowed(&connect) => Some((
+                5,
+                "will_not_authorized",
+                "the authorization hook refused the will's topic",
+            )),
             _ if connect.properties.auth_method => Some((
                 0x8c,
                 "bad_auth_method",
@@ -849,6 +854,11 @@ impl Edge {
                 return Err(self.protocol_error(FrameError::Malformed("SUBSCRIBE")));
             }
             if !valid {
+                tracing::debug!(filter = %request.filter, "subscription refused: invalid filter");
+                self.metrics
+                    .subscriptions_refused
+                    .with_label_values(&["invalid_filter"])
+                    .inc();
                 codes.push(if v5 { 0x8f } else { 0x80 });
                 continue;
             }
@@ -858,6 +868,10 @@ impl Edge {
             };
             if !self.authorizer.may_subscribe(&client, &request.filter) {
                 tracing::debug!(filter = %request.filter, "subscription not authorized");
+                self.metrics
+                    .subscriptions_refused
+                    .with_label_values(&["not_authorized"])
+                    .inc();
                 codes.push(if v5 { 0x87 } else { 0x80 });
                 continue;
             }
@@ -933,6 +947,19 @@ impl Edge {
         }
         conn.out
             .extend_from_slice(&codec::unsuback(pkid, &codes, conn.peer.v5));
+    }
+
+    /// Whether the client may leave its will: a will is a publish, asked of the hook when the
+    /// client connects so that a refusal reaches it in the CONNACK.
+    fn will_allowed(&self, connect: &Connect) -> bool {
+        let client = ClientInfo {
+            client_id: &connect.client_id,
+            username: connect.username.as_deref(),
+        };
+        connect
+            .will
+            .as_ref()
+            .is_none_or(|will| self.authorizer.may_publish(&client, &will.topic))
     }
 
     fn reject(&self, reason: &'static str, detail: &str) {

@@ -500,13 +500,15 @@ impl<'a> PublishParts<'a> {
 /// Encodes a CONNACK refusing the connection, in the client's protocol generation.
 ///
 /// `code` is the MQTT 3.1.1 return code (1: unacceptable protocol version, 2: identifier
-/// rejected, 3: server unavailable); for MQTT 5 the matching reason code is used.
+/// rejected, 3: server unavailable, 5: not authorized); for MQTT 5 the matching reason code
+/// is used.
 pub fn connack_refusal(protocol: Protocol, code: u8) -> Vec<u8> {
     match protocol {
         Protocol::V5 => {
             let reason = match code {
                 1 => 0x84,
                 2 => 0x85,
+                5 => 0x87,
                 _ => 0x88,
             };
             packet(0x20, &[0x00, reason, 0x00])

@@ -22,6 +22,14 @@ const DROP_REASONS: [&str; 6] = [
     "not_an_envelope",
 ];
 
+/// Why a subscription was refused (`roost_mqtt_subscriptions_refused_total`).
+const REFUSAL_REASONS: [&str; 2] = [
+    // Not a valid topic filter (or a malformed shared subscription).
+    "invalid_filter",
+    // The authorization hook refused the filter.
+    "not_authorized",
+];
+
 /// Counters and gauges of the embedded broker, cheap to clone.
 #[derive(Clone)]
 pub struct BrokerMetrics {
@@ -47,6 +55,8 @@ pub struct BrokerMetrics {
     pub sessions_expired: IntCounter,
     /// Messages not delivered to a session, by reason.
     pub dropped: IntCounterVec,
+    /// Filters of SUBSCRIBE packets refused in the SUBACK, by reason.
+    pub subscriptions_refused: IntCounterVec,
     /// Bytes read from network clients.
     pub bytes_received: IntCounter,
     /// Bytes written to network clients.
@@ -131,6 +141,13 @@ impl BrokerMetrics {
                 ),
                 &["reason"],
             )?,
+            subscriptions_refused: IntCounterVec::new(
+                Opts::new(
+                    "roost_mqtt_subscriptions_refused_total",
+                    "Subscription filters refused in a SUBACK, by reason",
+                ),
+                &["reason"],
+            )?,
             bytes_received: IntCounter::new(
                 "roost_mqtt_bytes_received_total",
                 "Bytes read from MQTT network clients",
@@ -176,6 +193,7 @@ impl BrokerMetrics {
         registry.register(Box::new(m.sessions.clone()))?;
         registry.register(Box::new(m.sessions_expired.clone()))?;
         registry.register(Box::new(m.dropped.clone()))?;
+        registry.register(Box::new(m.subscriptions_refused.clone()))?;
         // Touch the label values so every series is exported from the start, at zero.
         for outcome in ["published", "delayed", "cancelled"] {
             m.wills.with_label_values(&[outcome]);
@@ -190,6 +208,9 @@ impl BrokerMetrics {
         }
         for reason in DROP_REASONS {
             m.dropped.with_label_values(&[reason]);
+        }
+        for reason in REFUSAL_REASONS {
+            m.subscriptions_refused.with_label_values(&[reason]);
         }
         Ok(m)
     }

@@ -1,6 +1,7 @@
 //! The authorization hook, through a real broker on loopback: a denied publish is
 //! acknowledged with "not authorized" and reaches no one, a denied filter gets a failure code
-//! in the SUBACK, and both are counted; everything else flows as usual.
+//! in the SUBACK, a will on a denied topic refuses the CONNECT, and each is counted;
+//! everything else flows as usual.
 
 // Test code: a panic with the value is the failure report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -147,12 +148,32 @@ async fn denied_publishes_and_subscriptions_are_refused_and_counted() {
     assert_eq!(delivered[0] & 0xf0, 0x30);
     assert!(delivered.ends_with(b"yes"), "{delivered:02x?}");
     assert!(delivered.windows(6).any(|w| w == b"open/y"));
-    let dropped = broker
-        .metrics()
-        .dropped
-        .with_label_values(&["not_authorized"])
+    let metrics = broker.metrics();
+    assert_eq!(
+        metrics.dropped.with_label_values(&["not_authorized"]).get(),
+        1
+    );
+    let refused = metrics
+        .subscriptions_refused
+        .with_label_values(&["not_authorized"]);
+    assert_eq!(refused.get(), 1);
+
+    // A will is a publish: one on a denied topic is refused when the client connects.
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x06, 0, 60, 0];
+    string(&mut body, "sneaky");
+    body.push(0);
+    string(&mut body, "secret/will");
+    string(&mut body, "gone");
+    stream.write_all(&packet(0x10, &body)).await.unwrap();
+    let mut connack = Client(stream).read().await;
+    connack.truncate(4);
+    assert_eq!(connack, [0x20, 3, 0, 0x87], "CONNACK not authorized");
+    let rejected = metrics
+        .connections_rejected
+        .with_label_values(&["will_not_authorized"])
         .get();
-    assert_eq!(dropped, 1);
+    assert_eq!(rejected, 1);
 
     token.cancel();
     tracker.close();
