@@ -146,7 +146,8 @@ impl Intake {
     }
 
     /// The retained messages matching a new subscription, ready to queue: delivered at the
-    /// lower of their QoS and `qos`, with the retain flag set (MQTT-3.3.1-8).
+    /// lower of their QoS and `qos`, with the retain flag set (MQTT-3.3.1-8), and with what is
+    /// left of their Message Expiry Interval (MQTT-3.3.2-6).
     pub(crate) fn retained_for(&self, filter: &str, qos: u8, id: Option<u32>) -> Vec<Outbound> {
         self.retained
             .matching(filter)
@@ -161,7 +162,7 @@ impl Intake {
                     retain: true,
                     origin: Origin::Node,
                     sequence: 0,
-                    expires_at: None,
+                    expires_at: stored.expires_at,
                 };
                 Some(Outbound {
                     qos: stored.qos.min(qos),
@@ -186,7 +187,7 @@ fn change_of(message: &Publication) -> Option<Change> {
 }
 
 /// How a retained message is kept (retained.rs): an MQTT 5 PUBLISH at QoS 0 with the retain
-/// flag and the publisher's properties, and the QoS it was published with.
+/// flag and the publisher's properties, the QoS it was published with, and when it expires.
 fn stored_form(message: &Publication) -> Stored {
     let packet = PublishParts {
         topic: &message.topic,
@@ -198,6 +199,7 @@ fn stored_form(message: &Publication) -> Stored {
     Stored {
         qos: message.qos,
         packet: packet.into(),
+        expires_at: message.expires_at,
     }
 }
 

@@ -139,6 +139,7 @@ impl Broker {
             tracker: tracker.clone(),
             shutdown: token.clone(),
         });
+        tracker.spawn(retained.clone().purge_until(token.clone()));
         tracker.spawn(fanout::dispatch(edge.clone(), reader));
         tracker.spawn(edge::run(edge, listener, token, tracker.clone()));
         Ok(Broker {

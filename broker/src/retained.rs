@@ -19,8 +19,10 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{Error, Result};
 use crate::frame::PublishParts;
 
-/// topic → the message's QoS (one byte), then the message as an MQTT 5 PUBLISH packet (QoS 0,
-/// retain set, properties kept).
+/// topic → one byte: the message's QoS in bits 0-1, bit 7 set when it expires; then, if it
+/// expires, when (unix ms, 8 bytes big-endian); then the message as an MQTT 5 PUBLISH packet
+/// (QoS 0, retain set, properties kept, Message Expiry Interval left out). Files written
+/// before expiry was kept have bit 7 clear everywhere and read the same.
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
 /// The file in the data dir.
 pub(crate) const FILE_NAME: &str = "retained.redb";
@@ -28,6 +30,10 @@ pub(crate) const FILE_NAME: &str = "retained.redb";
 const QUEUE: usize = 1024;
 /// The most writes committed in one transaction.
 const BATCH: usize = 256;
+/// How often expired retained messages are purged.
+const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+/// Bit 7 of a value's first byte: an expiry time follows.
+const EXPIRES: u8 = 0x80;
 /// redb's page cache: the retained set is read once, at start.
 const CACHE_BYTES: usize = 4 * 1024 * 1024;
 
@@ -38,9 +44,47 @@ pub(crate) struct Stored {
     pub qos: u8,
     /// The message as an MQTT 5 PUBLISH: QoS 0, retain set, no packet id.
     pub packet: Arc<[u8]>,
+    /// When it expires (MQTT 5 Message Expiry Interval), in unix milliseconds: from then on
+    /// it is not delivered, and the next purge removes it.
+    pub expires_at: Option<u64>,
 }
 
 impl Stored {
+    /// The value kept in the file (`TABLE`).
+    fn to_value(&self) -> Vec<u8> {
+        let mut value = Vec::with_capacity(self.packet.len() + 9);
+        match self.expires_at {
+            Some(at) => {
+                value.push(self.qos | EXPIRES);
+                value.extend_from_slice(&at.to_be_bytes());
+            }
+            None => value.push(self.qos),
+        }
+        value.extend_from_slice(&self.packet);
+        value
+    }
+
+    /// Reads a value of the file back; `None` for one too short to be a value.
+    fn from_value(value: &[u8]) -> Option<Stored> {
+        let (&first, rest) = value.split_first()?;
+        let (expires_at, packet) = if first & EXPIRES != 0 {
+            let (at, packet) = rest.split_first_chunk::<8>()?;
+            (Some(u64::from_be_bytes(*at)), packet)
+        } else {
+            (None, rest)
+        };
+        Some(Stored {
+            qos: first & 0x03,
+            packet: packet.into(),
+            expires_at,
+        })
+    }
+
+    /// Whether it has expired at `now_ms`.
+    fn expired(&self, now_ms: u64) -> bool {
+        self.expires_at.is_some_and(|at| at <= now_ms)
+    }
+
     /// The stored packet's parts.
     pub(crate) fn parts(&self) -> Option<PublishParts<'_>> {
         let header = crate::frame::parse_header(&self.packet, usize::MAX).ok()??;
@@ -117,11 +161,7 @@ impl Retained {
                 Ok(table) => {
                     for entry in table.iter().map_err(|e| store_error(e.into()))? {
                         let (topic, value) = entry.map_err(|e| store_error(e.into()))?;
-                        if let Some((&qos, packet)) = value.value().split_first() {
-                            let stored = Stored {
-                                qos,
-                                packet: packet.into(),
-                            };
+                        if let Some(stored) = Stored::from_value(value.value()) {
                             messages.insert(Box::<str>::from(topic.value()), stored);
                         }
                     }
@@ -153,13 +193,14 @@ impl Retained {
         ))
     }
 
-    /// The retained messages whose topics match `filter`, in topic order. Shared
-    /// subscriptions get none.
+    /// The retained messages whose topics match `filter`, in topic order, expired ones left
+    /// out. Shared subscriptions get none.
     pub(crate) fn matching(&self, filter: &str) -> Vec<(String, Stored)> {
         if crate::topic::is_shared(filter) {
             return Vec::new();
         }
         let prefix = crate::topic::literal_prefix(filter);
+        let now = crate::envelope::now_ms();
         let messages = self.lock();
         messages
             .range::<str, _>((
@@ -167,9 +208,34 @@ impl Retained {
                 std::ops::Bound::Unbounded,
             ))
             .take_while(|(topic, _)| topic.starts_with(prefix))
-            .filter(|(topic, _)| crate::topic::matches(filter, topic))
+            .filter(|(topic, stored)| !stored.expired(now) && crate::topic::matches(filter, topic))
             .map(|(topic, stored)| (topic.to_string(), stored.clone()))
             .collect()
+    }
+
+    /// Removes the messages that have expired, from memory and from the file (MQTT 5: a
+    /// retained message lives no longer than its Message Expiry Interval). Returns how many.
+    pub(crate) async fn purge_expired(&self) -> usize {
+        let now = crate::envelope::now_ms();
+        let expired: Vec<Box<str>> = self
+            .lock()
+            .iter()
+            .filter(|(_, stored)| stored.expired(now))
+            .map(|(topic, _)| topic.clone())
+            .collect();
+        let mut purged = 0;
+        for topic in expired {
+            // Checked again under the lock: the topic may have been set anew meanwhile.
+            if self
+                .change_if(&topic, Change::Delete, |s| {
+                    s.is_some_and(|s| s.expired(now))
+                })
+                .await
+            {
+                purged += 1;
+            }
+        }
+        purged
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Box<str>, Stored>> {
@@ -184,6 +250,17 @@ impl Retained {
     /// Applies `change` to `topic` and returns once it is durable. A failed write is logged
     /// and counted; the message still flows (the live set matters more than its copy).
     pub(crate) async fn record(&self, topic: &str, change: Change) {
+        self.change_if(topic, change, |_| true).await;
+    }
+
+    /// Applies `change` to `topic` if `when` holds for the topic's message now (checked under
+    /// the lock), and returns once it is durable; false when it did not hold.
+    async fn change_if(
+        &self,
+        topic: &str,
+        change: Change,
+        when: impl FnOnce(Option<&Stored>) -> bool,
+    ) -> bool {
         let (done, wait) = oneshot::channel();
         let result = match self.inner.writes.reserve().await {
             Ok(permit) => {
@@ -191,6 +268,9 @@ impl Retained {
                 // changes to a topic in the order memory does.
                 {
                     let mut messages = self.lock();
+                    if !when(messages.get(topic)) {
+                        return false;
+                    }
                     let delta = apply(&mut messages, topic, &change);
                     self.inner
                         .gauge
@@ -205,7 +285,11 @@ impl Retained {
                 wait.await.unwrap_or_else(|_| Err("writer stopped".into()))
             }
             Err(_) => {
-                let delta = apply(&mut self.lock(), topic, &change);
+                let mut messages = self.lock();
+                if !when(messages.get(topic)) {
+                    return false;
+                }
+                let delta = apply(&mut messages, topic, &change);
                 self.inner.bytes.add(delta);
                 Err("writer stopped".into())
             }
@@ -213,6 +297,23 @@ impl Retained {
         if let Err(e) = result {
             tracing::error!(topic, error = %e, "could not persist a retained message");
             self.inner.errors.inc();
+        }
+        true
+    }
+
+    /// Purges expired messages every `PURGE_EVERY` until `token` is cancelled.
+    pub(crate) async fn purge_until(self, token: tokio_util::sync::CancellationToken) {
+        let mut every = tokio::time::interval(PURGE_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = token.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            let purged = self.purge_expired().await;
+            if purged > 0 {
+                tracing::debug!(purged, "expired retained messages removed");
+            }
         }
     }
 
@@ -279,10 +380,7 @@ fn commit(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
         for op in batch {
             match &op.change {
                 Change::Set(stored) => {
-                    let mut value = Vec::with_capacity(stored.packet.len() + 1);
-                    value.push(stored.qos);
-                    value.extend_from_slice(&stored.packet);
-                    table.insert(op.topic.as_str(), value.as_slice())?;
+                    table.insert(op.topic.as_str(), stored.to_value().as_slice())?;
                 }
                 Change::Delete => {
                     table.remove(op.topic.as_str())?;
@@ -321,7 +419,62 @@ mod tests {
         Change::Set(Stored {
             qos: 1,
             packet: publish_packet(topic, payload).into(),
+            expires_at: None,
         })
+    }
+
+    #[test]
+    fn values_round_trip_with_and_without_expiry() {
+        let packet: Arc<[u8]> = publish_packet("a", b"v").into();
+        for expires_at in [None, Some(1_700_000_000_123)] {
+            let stored = Stored {
+                qos: 2,
+                packet: packet.clone(),
+                expires_at,
+            };
+            assert_eq!(Stored::from_value(&stored.to_value()), Some(stored));
+        }
+        // A value written before expiry was kept: the QoS byte, then the packet.
+        let mut old = vec![1];
+        old.extend_from_slice(&packet);
+        let read = Stored::from_value(&old).unwrap();
+        assert_eq!((read.qos, read.expires_at), (1, None));
+        assert_eq!(Stored::from_value(&[EXPIRES | 1, 0, 0]), None);
+    }
+
+    #[tokio::test]
+    async fn expired_messages_are_not_served_and_are_purged_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let (g, b, e) = metrics();
+        let (retained, _) = Retained::open(dir.path(), g.clone(), b, e).unwrap();
+        let now = crate::envelope::now_ms();
+        for (topic, expires_at) in [
+            ("t/past", Some(now - 1)),
+            ("t/later", Some(now + 600_000)),
+            ("t/never", None),
+        ] {
+            let Change::Set(mut stored) = set(topic, b"v") else {
+                unreachable!("set makes a Set")
+            };
+            stored.expires_at = expires_at;
+            retained.record(topic, Change::Set(stored)).await;
+        }
+        let topics = |r: &Retained| -> Vec<String> {
+            r.matching("t/#").into_iter().map(|(t, _)| t).collect()
+        };
+        assert_eq!(topics(&retained), ["t/later", "t/never"]);
+        assert_eq!(g.get(), 3);
+        assert_eq!(retained.purge_expired().await, 1);
+        assert_eq!(g.get(), 2);
+        retained.close().await;
+        let (g2, b2, e2) = metrics();
+        let (reopened, loaded) = Retained::open(dir.path(), g2, b2, e2).unwrap();
+        assert_eq!(loaded, 2);
+        assert_eq!(topics(&reopened), ["t/later", "t/never"]);
+        assert_eq!(
+            reopened.matching("t/later")[0].1.expires_at,
+            Some(now + 600_000)
+        );
     }
 
     #[tokio::test]
