@@ -611,6 +611,13 @@ mod tests {
         max_packet: usize::MAX,
     };
 
+    /// Offers `message` to `session` with the test limits; shared matches are not expected.
+    fn offer(session: &Session, m: &BrokerMetrics, flow: &Flow, message: Publication) {
+        session.offer(&message, &LIMITS, m, flow, &mut |sub| {
+            panic!("unexpected shared match {sub:?}")
+        });
+    }
+
     fn online(session: &Session, subs: Vec<Subscription>) {
         let mut state = session.lock();
         state.online = true;
@@ -622,20 +629,8 @@ mod tests {
         let (m, flow) = (metrics(), Flow::new());
         let s = Session::new(1, "c".into(), 0);
         online(&s, vec![subscription("a/#", 1)]);
-        s.offer(
-            &message("a/b", 0, Origin::Node),
-            &LIMITS,
-            &m,
-            &flow,
-            &mut |_| {},
-        );
-        s.offer(
-            &message("a/b", 2, Origin::Node),
-            &LIMITS,
-            &m,
-            &flow,
-            &mut |_| {},
-        );
+        offer(&s, &m, &flow, message("a/b", 0, Origin::Node));
+        offer(&s, &m, &flow, message("a/b", 2, Origin::Node));
         let state = s.lock();
         let qos: Vec<u8> = state.queue.iter().map(|o| o.qos).collect();
         assert_eq!(qos, [0, 1]);
@@ -648,13 +643,7 @@ mod tests {
         let (m, flow) = (metrics(), Flow::new());
         let s = Session::new(1, "c".into(), 0);
         online(&s, vec![subscription("a/#", 0), subscription("a/+", 2)]);
-        s.offer(
-            &message("a/b", 2, Origin::Node),
-            &LIMITS,
-            &m,
-            &flow,
-            &mut |_| {},
-        );
+        offer(&s, &m, &flow, message("a/b", 2, Origin::Node));
         let state = s.lock();
         assert_eq!(state.queue.len(), 1);
         assert_eq!(state.queue[0].qos, 2);
@@ -690,21 +679,9 @@ mod tests {
         let s = Session::new(1, "c".into(), 60);
         s.lock().subscriptions = vec![subscription("a", 1)];
         for _ in 0..6 {
-            s.offer(
-                &message("a", 1, Origin::Node),
-                &LIMITS,
-                &m,
-                &flow,
-                &mut |_| {},
-            );
+            offer(&s, &m, &flow, message("a", 1, Origin::Node));
         }
-        s.offer(
-            &message("a", 0, Origin::Node),
-            &LIMITS,
-            &m,
-            &flow,
-            &mut |_| {},
-        );
+        offer(&s, &m, &flow, message("a", 0, Origin::Node));
         assert_eq!(s.lock().queue.len(), 4);
         assert_eq!(m.dropped.with_label_values(&["queue_full"]).get(), 2);
         assert_eq!(m.dropped.with_label_values(&["offline_qos0"]).get(), 1);
@@ -716,13 +693,7 @@ mod tests {
         let s = Session::new(1, "c".into(), 0);
         online(&s, vec![subscription("a", 1)]);
         for _ in 0..4 {
-            s.offer(
-                &message("a", 1, Origin::Node),
-                &LIMITS,
-                &m,
-                &flow,
-                &mut |_| {},
-            );
+            offer(&s, &m, &flow, message("a", 1, Origin::Node));
         }
         assert!(s.is_congested());
         assert_eq!(flow.holds(), 1);
@@ -741,13 +712,7 @@ mod tests {
         let (m, flow) = (metrics(), Flow::new());
         let s = Session::new(1, "c".into(), 0);
         online(&s, vec![subscription("a", 2)]);
-        s.offer(
-            &message("a", 2, Origin::Node),
-            &LIMITS,
-            &m,
-            &flow,
-            &mut |_| {},
-        );
+        offer(&s, &m, &flow, message("a", 2, Origin::Node));
         let mut out = Vec::new();
         s.fill(&mut out, &PEER, &LIMITS, &m, &flow);
         assert_eq!(out[0], 0x34);
@@ -768,13 +733,7 @@ mod tests {
         let (m, flow) = (metrics(), Flow::new());
         let s = Session::new(1, "c".into(), 0);
         online(&s, vec![subscription("a", 1)]);
-        s.offer(
-            &message("a", 1, Origin::Node),
-            &LIMITS,
-            &m,
-            &flow,
-            &mut |_| {},
-        );
+        offer(&s, &m, &flow, message("a", 1, Origin::Node));
         let mut out = Vec::new();
         s.fill(&mut out, &PEER, &LIMITS, &m, &flow);
         let mut again = Vec::new();
@@ -784,13 +743,7 @@ mod tests {
             max_packet: 4,
             ..PEER
         };
-        s.offer(
-            &message("a", 1, Origin::Node),
-            &LIMITS,
-            &m,
-            &flow,
-            &mut |_| {},
-        );
+        offer(&s, &m, &flow, message("a", 1, Origin::Node));
         assert_eq!(s.fill(&mut Vec::new(), &tiny, &LIMITS, &m, &flow), 0);
         assert_eq!(m.dropped.with_label_values(&["packet_too_large"]).get(), 1);
     }
