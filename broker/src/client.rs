@@ -39,7 +39,7 @@ pub struct BrokerClient {
 }
 
 struct Inner {
-    /// Where publishes enter and links are opened.
+    /// Where publishes enter; also hands out subscription keys.
     intake: Arc<Intake>,
     /// Counts messages in and out of the in-process client.
     metrics: BrokerMetrics,

@@ -15,9 +15,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::frame;
 
-/// Marks a topic escaped for the router. rumqttd refuses every filter that starts with `$`
-/// (other than `$share/`), so topics starting with `$` (and, to stay unambiguous, with this
-/// mark) cross the router with the mark in front; `open` removes it. Clients see no mark.
+/// Marks a topic escaped for the router. rumqttd's `#` (the reader link's one filter) never
+/// matches a topic starting with `$`, and it refuses `$` filters, so topics starting with `$`
+/// (and, to stay unambiguous, with this mark) cross the router with the mark in front; `open`
+/// removes it. Clients see no mark.
 const ESCAPE: char = '\u{1}';
 
 /// The topic a message has inside the router.

@@ -129,8 +129,8 @@ impl Intake {
         }
     }
 
-    /// The dispatcher read `size` bytes back from the router: room for more. Routers
-    /// waiting are woken once the router is half empty.
+    /// The dispatcher read `size` bytes back from the router: room for more. Routes waiting
+    /// are woken once at most half the budget is unread.
     pub(crate) fn consumed(&self, size: u64) {
         let consumed = self.consumed.fetch_add(size, Ordering::SeqCst) + size;
         if self.waiting.load(Ordering::SeqCst)

@@ -161,7 +161,7 @@ pub(crate) struct Session {
     pub wake: Notify,
     /// Whether this session is congested: its client is behind (see [`Flow`]).
     congested: AtomicBool,
-    /// Cancelled when the session ends: stops its drainer and its expiry timer.
+    /// Cancelled when the session ends: stops its expiry timer.
     pub ended: CancellationToken,
     /// Held by the attached connection; a takeover waits for it.
     pub attach: Arc<tokio::sync::Mutex<()>>,
