@@ -30,14 +30,8 @@ pub(crate) struct Intake {
     pub retained: Retained,
     /// Messages routed so far: the sequence number of the latest (`Publication::sequence`).
     routed: AtomicU64,
-    /// Bytes handed to the router so far (reserved in `route`).
-    admitted: AtomicU64,
-    /// Bytes the dispatcher has read back so far (`consumed`).
-    consumed: AtomicU64,
-    /// A router is waiting for room.
-    waiting: AtomicBool,
-    /// Woken when the dispatcher made room.
-    room: Notify,
+    /// What is inside the router, kept under `BUDGET`.
+    budget: Budget,
     /// The last key handed out (0 is the node's own origin).
     key: AtomicU64,
 }
@@ -49,10 +43,7 @@ impl Intake {
             ingress,
             retained,
             routed: AtomicU64::new(0),
-            admitted: AtomicU64::new(0),
-            consumed: AtomicU64::new(0),
-            waiting: AtomicBool::new(false),
-            room: Notify::new(),
+            budget: Budget::new(BUDGET),
             key: AtomicU64::new(0),
         }
     }
@@ -83,66 +74,17 @@ impl Intake {
         let topic = envelope::router_topic(&message.topic);
         let envelope = message.envelope();
         let size = envelope::routed_size(&topic, &envelope);
-        self.reserve(size).await;
+        self.budget.reserve(size).await;
         let sent = self.ingress.publish(topic, envelope).await;
         if sent.is_err() {
-            self.consumed(size);
+            self.budget.release(size);
         }
         sent
     }
 
-    /// Waits until `size` more bytes fit in the router's budget, and takes them. A message
-    /// larger than the whole budget goes when the router is empty.
-    async fn reserve(&self, size: u64) {
-        loop {
-            let notified = self.room.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.try_reserve(size) {
-                return;
-            }
-            self.waiting.store(true, Ordering::SeqCst);
-            // Checked again with the flag up: the dispatcher may have made room in between.
-            if self.try_reserve(size) {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    fn try_reserve(&self, size: u64) -> bool {
-        let mut admitted = self.admitted.load(Ordering::SeqCst);
-        loop {
-            let inside = admitted.saturating_sub(self.consumed.load(Ordering::SeqCst));
-            if inside != 0 && inside + size > BUDGET {
-                return false;
-            }
-            match self.admitted.compare_exchange_weak(
-                admitted,
-                admitted + size,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            ) {
-                Ok(_) => return true,
-                Err(now) => admitted = now,
-            }
-        }
-    }
-
-    /// The dispatcher read `size` bytes back from the router: room for more. Routes waiting
-    /// are woken once at most half the budget is unread.
+    /// The dispatcher read `size` bytes back from the router: room for more.
     pub(crate) fn consumed(&self, size: u64) {
-        let consumed = self.consumed.fetch_add(size, Ordering::SeqCst) + size;
-        if self.waiting.load(Ordering::SeqCst)
-            && self
-                .admitted
-                .load(Ordering::SeqCst)
-                .saturating_sub(consumed)
-                <= BUDGET / 2
-        {
-            self.waiting.store(false, Ordering::SeqCst);
-            self.room.notify_waiters();
-        }
+        self.budget.release(size);
     }
 
     /// The retained messages matching a new subscription, ready to queue: delivered at the
@@ -172,6 +114,87 @@ impl Intake {
                 })
             })
             .collect()
+    }
+}
+
+/// Bytes inside the router, kept under a limit: taken by `reserve` before a message is handed
+/// over, given back by `release` once the dispatcher has read it.
+struct Budget {
+    /// The most bytes inside at once (a single larger message goes when nothing is inside).
+    limit: u64,
+    /// Bytes reserved so far.
+    admitted: AtomicU64,
+    /// Bytes released so far.
+    consumed: AtomicU64,
+    /// A route is waiting for room.
+    waiting: AtomicBool,
+    /// Woken when room was made.
+    room: Notify,
+}
+
+impl Budget {
+    fn new(limit: u64) -> Budget {
+        Budget {
+            limit,
+            admitted: AtomicU64::new(0),
+            consumed: AtomicU64::new(0),
+            waiting: AtomicBool::new(false),
+            room: Notify::new(),
+        }
+    }
+
+    /// Waits until `size` more bytes fit in the budget, and takes them. A message
+    /// larger than the whole budget goes when the router is empty.
+    async fn reserve(&self, size: u64) {
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.try_reserve(size) {
+                return;
+            }
+            self.waiting.store(true, Ordering::SeqCst);
+            // Checked again with the flag up: the dispatcher may have made room in between.
+            if self.try_reserve(size) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn try_reserve(&self, size: u64) -> bool {
+        let mut admitted = self.admitted.load(Ordering::SeqCst);
+        loop {
+            let inside = admitted.saturating_sub(self.consumed.load(Ordering::SeqCst));
+            if inside != 0 && inside + size > self.limit {
+                return false;
+            }
+            match self.admitted.compare_exchange_weak(
+                admitted,
+                admitted + size,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return true,
+                Err(now) => admitted = now,
+            }
+        }
+    }
+
+    /// `size` bytes left the router: room for more. Routes waiting are woken once at most
+    /// half the budget is in use.
+    fn release(&self, size: u64) {
+        let consumed = self.consumed.fetch_add(size, Ordering::SeqCst) + size;
+        if self.waiting.load(Ordering::SeqCst)
+            && self
+                .admitted
+                .load(Ordering::SeqCst)
+                .saturating_sub(consumed)
+                <= self.limit / 2
+        {
+            self.waiting.store(false, Ordering::SeqCst);
+            self.room.notify_waiters();
+        }
     }
 }
 
@@ -218,6 +241,29 @@ mod tests {
             sequence: 1,
             expires_at: None,
         }
+    }
+
+    #[tokio::test]
+    async fn the_budget_holds_routes_until_the_dispatcher_reads() {
+        let budget = std::sync::Arc::new(Budget::new(100));
+        // A message larger than the whole budget goes when nothing is inside.
+        budget.reserve(150).await;
+        assert!(!budget.try_reserve(1), "nothing more while it is inside");
+        budget.release(150);
+        budget.reserve(60).await;
+        budget.reserve(40).await;
+        let waiter = {
+            let budget = budget.clone();
+            tokio::spawn(async move { budget.reserve(31).await })
+        };
+        // 70 of 100 still inside, no room for 31: the waiter sleeps until half is free.
+        budget.release(30);
+        assert!(!waiter.is_finished());
+        budget.release(30);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken once at most half the budget is in use")
+            .unwrap();
     }
 
     #[test]
