@@ -184,10 +184,10 @@ mod tests {
         assert_eq!(opened, Some(publication));
     }
 
-    #[test]
-    fn node_origin_and_no_expiry_round_trip() {
-        let publication = Publication {
-            topic: Bytes::from_static(b"t"),
+    /// A QoS 0 message of the node on `topic`: no payload, properties or expiry.
+    fn plain(topic: Bytes) -> Publication {
+        Publication {
+            topic,
             payload: Bytes::new(),
             properties: Bytes::from_static(&[0]),
             qos: 0,
@@ -195,7 +195,12 @@ mod tests {
             origin: Origin::Node,
             sequence: 1,
             expires_at: None,
-        };
+        }
+    }
+
+    #[test]
+    fn node_origin_and_no_expiry_round_trip() {
+        let publication = plain(Bytes::from_static(b"t"));
         let opened = Publication::open(publication.topic.clone(), publication.envelope());
         assert_eq!(opened, Some(publication));
     }
@@ -205,21 +210,7 @@ mod tests {
         let topic = Bytes::from_static(b"$SYS/x");
         let routed = router_topic(&topic);
         assert_eq!(&routed[..], b"\x01$SYS/x");
-        let message = Publication::open(
-            routed,
-            Publication {
-                topic: topic.clone(),
-                payload: Bytes::new(),
-                properties: Bytes::from_static(&[0]),
-                qos: 0,
-                retain: false,
-                origin: Origin::Node,
-                sequence: 1,
-                expires_at: None,
-            }
-            .envelope(),
-        )
-        .unwrap();
+        let message = Publication::open(routed, plain(topic.clone()).envelope()).unwrap();
         assert_eq!(message.topic, topic);
         assert_eq!(router_topic(&Bytes::from_static(b"a/b")), "a/b");
     }
@@ -234,21 +225,7 @@ mod tests {
 
     #[test]
     fn remaining_seconds_round_up_and_reach_zero() {
-        let mut p = Publication::open(
-            Bytes::new(),
-            Publication {
-                topic: Bytes::new(),
-                payload: Bytes::new(),
-                properties: Bytes::from_static(&[0]),
-                qos: 0,
-                retain: false,
-                origin: Origin::Node,
-                sequence: 1,
-                expires_at: None,
-            }
-            .envelope(),
-        )
-        .unwrap();
+        let mut p = Publication::open(Bytes::new(), plain(Bytes::new()).envelope()).unwrap();
         assert_eq!(p.remaining_seconds(5), None);
         p.expires_at = Some(10_500);
         assert_eq!(p.remaining_seconds(9_000), Some(2));
