@@ -119,6 +119,8 @@ impl BrokerClient {
             origin: Origin::Node,
             sequence: 0,
             expires_at: None,
+            stamp: 0,
+            writer: None,
         };
         intake.route(message).await?;
         self.inner

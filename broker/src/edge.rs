@@ -69,6 +69,8 @@ pub(crate) struct Edge {
     pub limits: Limits,
     /// Decides what each client may publish and subscribe to.
     pub authorizer: Arc<dyn Authorizer>,
+    /// The cluster mesh: connections that open with its preamble are peer links.
+    pub mesh: Arc<crate::mesh::Mesh>,
     /// Runs delayed wills and expiry timers beside the connections.
     pub tracker: TaskTracker,
     /// The node's shutdown.
@@ -99,6 +101,8 @@ enum End {
     Broker,
     /// A socket failed.
     Io(std::io::Error),
+    /// Not an MQTT client: a cluster peer's link (it opens with the mesh's preamble).
+    PeerLink,
 }
 
 impl End {
@@ -232,6 +236,12 @@ impl Edge {
                 tracing::Span::current().record("client_id", connect.client_id.as_str());
                 self.connection(stream, inbound, connect).await
             }
+            Err(End::PeerLink) => {
+                // Not an MQTT client connection: the mesh counts its links itself.
+                self.metrics.connections.dec();
+                self.mesh.clone().accept(stream, inbound).await;
+                return;
+            }
             Err(end) => end,
         };
         match &end {
@@ -259,6 +269,9 @@ impl Edge {
             // A CONNECT's first byte is always 0x10; anything else (an HTTP request, TLS to
             // the plain port, noise) is refused at once instead of waiting out the timeout.
             if let Some(&first) = buf.first() {
+                if first == crate::mesh::MAGIC[0] {
+                    return Err(End::PeerLink);
+                }
                 if first != 0x10 {
                     return Err(self.protocol_error(FrameError::NotConnect(first >> 4)));
                 }
@@ -591,6 +604,8 @@ impl Edge {
             origin: Origin::Session(key),
             sequence: 0,
             expires_at,
+            stamp: 0,
+            writer: None,
         };
         match self.intake.route(message).await {
             Ok(()) => self.metrics.wills.with_label_values(&["published"]).inc(),
@@ -811,6 +826,8 @@ impl Edge {
                 origin: Origin::Session(conn.session.key),
                 sequence: 0,
                 expires_at: publish.expiry.map(|secs| now_ms() + u64::from(secs) * 1000),
+                stamp: 0,
+                writer: None,
             };
             self.flow.admit(&conn.session).await;
             self.intake.route(message).await.map_err(|_| End::Broker)?;

@@ -6,8 +6,9 @@
 //!
 //! Envelope layout (all integers big-endian):
 //! `version (1) | flags (1: bits 0-1 QoS, bit 2 retain) | origin (8) | sequence (8) |
-//! expires at, unix ms, 0 = never (8) | MQTT 5 property block (length varint + properties) |
-//! payload`.
+//! expires at, unix ms, 0 = never (8) | retained version stamp, 0 = none (8) |
+//! MQTT 5 property block (length varint + properties) | payload`.
+//! A peer link (`mesh.rs`) carries the same envelope between nodes.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -39,7 +40,9 @@ pub(crate) fn router_topic(topic: &Bytes) -> Bytes {
 /// The envelope format's version byte.
 const VERSION: u8 = 1;
 /// Bytes before the property block.
-const FIXED: usize = 26;
+const FIXED: usize = 34;
+/// The origin's wire bit for a peer (the low bits are the peer's index).
+const PEER: u64 = 1 << 63;
 
 /// Where a message entered the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,19 +51,29 @@ pub(crate) enum Origin {
     Node,
     /// A client session, by its session key (what MQTT 5 No Local compares).
     Session(u64),
+    /// Another node of the cluster, by its index in the mesh's peer list: published by one
+    /// of that node's clients and forwarded here, never forwarded again (one hop).
+    Peer(u32),
 }
 
 impl Origin {
+    /// Whether it entered at this node (and goes to the peers).
+    pub(crate) fn is_local(self) -> bool {
+        !matches!(self, Origin::Peer(_))
+    }
+
     fn to_wire(self) -> u64 {
         match self {
             Origin::Node => 0,
             Origin::Session(key) => key,
+            Origin::Peer(index) => PEER | u64::from(index),
         }
     }
 
     fn from_wire(value: u64) -> Self {
         match value {
             0 => Origin::Node,
+            peer if peer & PEER != 0 => Origin::Peer((peer & u64::from(u32::MAX)) as u32),
             key => Origin::Session(key),
         }
     }
@@ -89,6 +102,13 @@ pub(crate) struct Publication {
     pub sequence: u64,
     /// When it expires (MQTT 5 Message Expiry Interval), in unix milliseconds.
     pub expires_at: Option<u64>,
+    /// For a retained message (or delete), the stamp of its version (`retained.rs`): given
+    /// by the intake for this node's messages, carried from the writer for a peer's; 0 for
+    /// other messages.
+    pub stamp: u64,
+    /// For a peer's retained message, the node that wrote it (not in the envelope: a message
+    /// read back from the router is either this node's own or is not forwarded).
+    pub writer: Option<std::sync::Arc<str>>,
 }
 
 impl Publication {
@@ -100,6 +120,7 @@ impl Publication {
         out.put_u64(self.origin.to_wire());
         out.put_u64(self.sequence);
         out.put_u64(self.expires_at.unwrap_or(0));
+        out.put_u64(self.stamp);
         out.put_slice(&self.properties);
         out.put_slice(&self.payload);
         out.freeze()
@@ -123,6 +144,7 @@ impl Publication {
         let origin = Origin::from_wire(word(2));
         let sequence = word(10);
         let expires_at = Some(word(18)).filter(|&at| at != 0);
+        let stamp = word(26);
         let props_len = frame::property_block_len(&envelope[FIXED..])?;
         Some(Publication {
             topic,
@@ -133,6 +155,8 @@ impl Publication {
             origin,
             sequence,
             expires_at,
+            stamp,
+            writer: None,
         })
     }
 
@@ -179,6 +203,8 @@ mod tests {
             origin: Origin::Session(42),
             sequence: 7,
             expires_at: Some(1_000),
+            stamp: 99 << 16,
+            writer: None,
         };
         let opened = Publication::open(publication.topic.clone(), publication.envelope());
         assert_eq!(opened, Some(publication));
@@ -195,6 +221,8 @@ mod tests {
             origin: Origin::Node,
             sequence: 1,
             expires_at: None,
+            stamp: 0,
+            writer: None,
         }
     }
 
@@ -203,6 +231,16 @@ mod tests {
         let publication = plain(Bytes::from_static(b"t"));
         let opened = Publication::open(publication.topic.clone(), publication.envelope());
         assert_eq!(opened, Some(publication));
+    }
+
+    #[test]
+    fn peer_origins_round_trip() {
+        let mut publication = plain(Bytes::from_static(b"t"));
+        publication.origin = Origin::Peer(3);
+        let opened = Publication::open(publication.topic.clone(), publication.envelope()).unwrap();
+        assert_eq!(opened.origin, Origin::Peer(3));
+        assert!(!opened.origin.is_local());
+        assert!(Origin::Session(3).is_local() && Origin::Node.is_local());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::envelope::{self, Origin, Publication};
 use crate::error::Result;
 use crate::frame::PublishParts;
 use crate::ingress::Ingress;
-use crate::retained::{Change, Retained, Stored};
+use crate::retained::{Change, Retained, Stored, Version};
 use crate::session::Outbound;
 
 /// Bytes of router topic and envelope allowed inside rumqttd's router at once: half of what
@@ -65,10 +65,38 @@ impl Intake {
     /// subscriber is served it. Then it is numbered (after the record: a subscription that
     /// misses it live finds it in the retained set), waits for room in the router's budget
     /// and is appended to the router's log.
-    pub(crate) async fn route(&self, mut message: Publication) -> Result<()> {
-        if let Some(change) = change_of(&message) {
+    ///
+    /// A retained change of this node gets a new version; a peer's keeps the version it
+    /// carries, and changes the set only when it is newer than what is there (the message
+    /// itself is delivered either way, as a live message).
+    pub(crate) async fn route(&self, message: Publication) -> Result<()> {
+        self.enter(message, false).await.map(|_| ())
+    }
+
+    /// Routes a retained entry a peer sent when its link opened (the peer's whole set), but
+    /// only if it is newer than this node's entry for the topic: true when it was.
+    pub(crate) async fn merge(&self, message: Publication) -> Result<bool> {
+        self.enter(message, true).await
+    }
+
+    async fn enter(&self, mut message: Publication, only_if_newer: bool) -> Result<bool> {
+        if message.retain {
+            let version = match (message.origin, &message.writer) {
+                (Origin::Peer(_), Some(writer)) => Version {
+                    stamp: message.stamp,
+                    writer: writer.clone(),
+                },
+                _ => self.retained.next_version(),
+            };
+            message.stamp = version.stamp;
             let topic = String::from_utf8_lossy(&message.topic).into_owned();
-            self.retained.record(&topic, change).await;
+            let newer = self
+                .retained
+                .record(&topic, change_of(&message, version))
+                .await;
+            if !newer && only_if_newer {
+                return Ok(false);
+            }
         }
         message.sequence = self.routed.fetch_add(1, Ordering::SeqCst) + 1;
         let topic = envelope::router_topic(&message.topic);
@@ -79,7 +107,7 @@ impl Intake {
         if sent.is_err() {
             self.budget.release(size);
         }
-        sent
+        sent.map(|()| true)
     }
 
     /// The dispatcher read `size` bytes back from the router: room for more.
@@ -105,6 +133,8 @@ impl Intake {
                     origin: Origin::Node,
                     sequence: 0,
                     expires_at: stored.expires_at,
+                    stamp: 0,
+                    writer: None,
                 };
                 Some(Outbound {
                     qos: stored.qos.min(qos),
@@ -198,20 +228,22 @@ impl Budget {
     }
 }
 
-/// What a message does to the retained set (MQTT-3.3.1-5, -6, -7): only one with the retain
-/// flag changes it, setting the topic's message, or deleting it when the payload is empty. An
-/// empty message without the flag is just a message (rumqttd deletes on it: defect 7).
-fn change_of(message: &Publication) -> Option<Change> {
-    match (message.retain, message.payload.is_empty()) {
-        (false, _) => None,
-        (true, true) => Some(Change::Delete),
-        (true, false) => Some(Change::Set(stored_form(message))),
+/// What a retained message does to the retained set (MQTT-3.3.1-5, -6, -7): sets the topic's
+/// message, or deletes it when the payload is empty. Only a message with the retain flag
+/// changes the set; an empty message without it is just a message (rumqttd deletes on it:
+/// defect 7).
+fn change_of(message: &Publication, version: Version) -> Change {
+    if message.payload.is_empty() {
+        Change::Delete(version)
+    } else {
+        Change::Set(stored_form(message, version))
     }
 }
 
 /// How a retained message is kept (retained.rs): an MQTT 5 PUBLISH at QoS 0 with the retain
-/// flag and the publisher's properties, the QoS it was published with, and when it expires.
-fn stored_form(message: &Publication) -> Stored {
+/// flag and the publisher's properties, the QoS it was published with, when it expires, and
+/// its version.
+fn stored_form(message: &Publication, version: Version) -> Stored {
     let packet = PublishParts {
         topic: &message.topic,
         packet_id: None,
@@ -223,6 +255,7 @@ fn stored_form(message: &Publication) -> Stored {
         qos: message.qos,
         packet: packet.into(),
         expires_at: message.expires_at,
+        version,
     }
 }
 
@@ -240,6 +273,8 @@ mod tests {
             origin: Origin::Session(3),
             sequence: 1,
             expires_at: None,
+            stamp: 0,
+            writer: None,
         }
     }
 
@@ -267,16 +302,21 @@ mod tests {
     }
 
     #[test]
-    fn only_retained_messages_change_the_set() {
-        assert_eq!(change_of(&message(false, b"")), None);
-        assert_eq!(change_of(&message(false, b"on")), None);
-        assert_eq!(change_of(&message(true, b"")), Some(Change::Delete));
-        let Some(Change::Set(stored)) = change_of(&message(true, b"on")) else {
+    fn a_retained_message_sets_and_an_empty_one_deletes() {
+        let version = Version {
+            stamp: 5,
+            writer: "node-a".into(),
+        };
+        assert_eq!(
+            change_of(&message(true, b""), version.clone()),
+            Change::Delete(version.clone())
+        );
+        let Change::Set(stored) = change_of(&message(true, b"on"), version.clone()) else {
             panic!("a retained message sets");
         };
         // Kept as an MQTT 5 PUBLISH at QoS 0 with the retain flag, properties included, and
-        // the QoS it was published with beside it.
-        assert_eq!(stored.qos, 1);
+        // the QoS it was published with and its version beside it.
+        assert_eq!((stored.qos, stored.version), (1, version));
         assert_eq!(
             &stored.packet[..],
             &crate::frame::packet(0x31, &[0, 3, b'a', b'/', b'b', 2, 0x01, 1, b'o', b'n'])[..]

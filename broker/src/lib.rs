@@ -12,6 +12,8 @@
 //! - `ingress`, `embed`: rumqttd's router, and the thread that feeds it;
 //! - `fanout`: the dispatcher that reads the router back and offers each message to the
 //!   sessions and in-process subscriptions;
+//! - `mesh`: the links to the cluster's other nodes (Roost's peer protocol), which carry
+//!   the messages that entered here and the retained set;
 //! - `client`: [`BrokerClient`], how the rest of the node publishes and subscribes;
 //! - `retained`, `topic`: the retained set Roost keeps (rumqttd keeps none), durable in redb;
 //! - `auth`: the authorization hook;
@@ -30,6 +32,7 @@ mod fanout;
 mod frame;
 mod ingress;
 mod intake;
+mod mesh;
 mod metrics;
 mod retained;
 mod session;
@@ -46,12 +49,14 @@ use tokio_util::task::TaskTracker;
 pub use auth::{AllowAll, Authorizer, ClientInfo};
 pub use client::{validate_filter, validate_topic, BrokerClient, Message, Subscription};
 pub use error::{Error, Result};
+pub use mesh::{MeshPeer, MeshSettings, PeerStatus};
 pub use metrics::BrokerMetrics;
 pub use settings::BrokerSettings;
 
 use crate::fanout::Subscribers;
 use crate::ingress::Ingress;
 use crate::intake::Intake;
+use crate::mesh::Mesh;
 use crate::retained::Retained;
 use crate::session::{Flow, Limits, Registry};
 
@@ -69,6 +74,8 @@ pub struct Broker {
     metrics: BrokerMetrics,
     /// The durable retained set.
     retained: Retained,
+    /// The links to the other members.
+    mesh: Arc<Mesh>,
 }
 
 impl Broker {
@@ -98,6 +105,7 @@ impl Broker {
         let metrics = BrokerMetrics::register(registry)?;
         let (retained, loaded) = Retained::open(
             &settings.data_dir,
+            &settings.node,
             metrics.retained.clone(),
             metrics.retained_bytes.clone(),
             metrics.retained_persist_errors.clone(),
@@ -116,6 +124,14 @@ impl Broker {
         let (ingress, reader) = Ingress::start(embed::start())?;
         tracing::info!(retained = loaded, "retained messages restored");
         let intake = Arc::new(Intake::new(ingress, retained.clone()));
+        let mesh = Arc::new(Mesh::new(
+            &settings.node,
+            &settings.mesh,
+            intake.clone(),
+            settings.max_packet_size,
+            registry,
+            token.clone(),
+        )?);
         let subscribers = Arc::new(Subscribers::default());
         let client = BrokerClient::new(
             intake.clone(),
@@ -136,17 +152,20 @@ impl Broker {
             flow: Flow::new(),
             limits,
             authorizer,
+            mesh: mesh.clone(),
             tracker: tracker.clone(),
             shutdown: token.clone(),
         });
         tracker.spawn(retained.clone().purge_until(token.clone()));
         tracker.spawn(fanout::dispatch(edge.clone(), reader));
         tracker.spawn(edge::run(edge, listener, token, tracker.clone()));
+        mesh.start(tracker);
         Ok(Broker {
             local_addr,
             client,
             metrics,
             retained,
+            mesh,
         })
     }
 
@@ -164,6 +183,11 @@ impl Broker {
     /// shutdown, after the edge and the node's tasks stopped.
     pub async fn close(&self) {
         self.retained.close().await;
+    }
+
+    /// The links to the other members, as they are now.
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        self.mesh.status()
     }
 
     /// The broker's metrics (shared handles).

@@ -4,13 +4,21 @@
 //! (RUMQTTD.md defects 1, 2, 7 and rumqttd#1069). A node that restarts, is killed or loses
 //! power serves the retained set it had, deletes included.
 //!
+//! Every change carries a [`Version`] (a hybrid logical clock stamp and the node that wrote
+//! it), and a change applies only over an older version: the set is a last-writer-wins map,
+//! so the cluster's nodes converge whatever order changes reach them in (docs/cluster.md).
+//! A delete leaves a tombstone with its version for `TOMBSTONE_TTL`, so an older message
+//! arriving later (from a node that was down) cannot bring the topic back.
+//!
 //! Writes go through one writer thread with group commit (one fsync for whatever is queued).
-//! Callers: the edge (publishes from clients, fired wills, deliveries on subscribe) and the
-//! in-process client.
+//! Callers: the intake (publishes from clients, wills, the node, peers), the edge (deliveries
+//! on subscribe) and the mesh (the set sent to a peer when a link opens).
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use prometheus::{IntCounter, IntGauge};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -19,10 +27,12 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{Error, Result};
 use crate::frame::PublishParts;
 
-/// topic → one byte: the message's QoS in bits 0-1, bit 7 set when it expires; then, if it
-/// expires, when (unix ms, 8 bytes big-endian); then the message as an MQTT 5 PUBLISH packet
-/// (QoS 0, retain set, properties kept, Message Expiry Interval left out). Files written
-/// before expiry was kept have bit 7 clear everywhere and read the same.
+/// topic → one flags byte: the message's QoS in bits 0-1, bit 5 set for a tombstone, bit 6
+/// set when a version follows, bit 7 set when it expires; then, if it expires, when (unix
+/// ms, 8 bytes big-endian); then, if versioned, the stamp (8 bytes) and the writer (1 byte
+/// of length, then the node id); then, unless a tombstone, the message as an MQTT 5 PUBLISH
+/// packet (QoS 0, retain set, properties kept, Message Expiry Interval left out). Files
+/// written before versions or expiry were kept have those bits clear and read the same.
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
 /// The file in the data dir.
 pub(crate) const FILE_NAME: &str = "retained.redb";
@@ -30,12 +40,68 @@ pub(crate) const FILE_NAME: &str = "retained.redb";
 const QUEUE: usize = 1024;
 /// The most writes committed in one transaction.
 const BATCH: usize = 256;
-/// How often expired retained messages are purged.
-const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
-/// Bit 7 of a value's first byte: an expiry time follows.
+/// How often expired retained messages and old tombstones are purged.
+const PURGE_EVERY: Duration = Duration::from_secs(30);
+/// How long a delete is remembered: a node down for longer than this may bring back a
+/// retained message deleted meanwhile (docs/cluster.md).
+const TOMBSTONE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Flag bit: a tombstone (no packet follows).
+const TOMBSTONE: u8 = 0x20;
+/// Flag bit: a version follows.
+const VERSIONED: u8 = 0x40;
+/// Flag bit: an expiry time follows.
 const EXPIRES: u8 = 0x80;
 /// redb's page cache: the retained set is read once, at start.
 const CACHE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Which write of a topic is the latest, the same on every node: the hybrid logical clock
+/// stamp first, the writer's node id to break ties. Values written before versions existed
+/// are the oldest of all (stamp 0, no writer).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub(crate) struct Version {
+    /// Hybrid logical clock: unix milliseconds in the high 48 bits, a counter in the low 16.
+    pub stamp: u64,
+    /// The node that wrote it.
+    pub writer: Arc<str>,
+}
+
+impl Version {
+    /// When it was written, in unix milliseconds (its stamp's physical part).
+    fn written_ms(&self) -> u64 {
+        self.stamp >> 16
+    }
+}
+
+/// A hybrid logical clock: stamps that follow wall time, never go backwards, and are above
+/// every stamp this node has seen, so a write made after seeing another is newer than it
+/// even when the writers' clocks disagree.
+#[derive(Debug, Default)]
+pub(crate) struct Clock {
+    last: AtomicU64,
+}
+
+impl Clock {
+    /// A new stamp, above every stamp made or seen so far.
+    pub(crate) fn tick(&self) -> u64 {
+        let physical = crate::envelope::now_ms() << 16;
+        let mut last = self.last.load(Ordering::SeqCst);
+        loop {
+            let next = physical.max(last + 1);
+            match self
+                .last
+                .compare_exchange_weak(last, next, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return next,
+                Err(now) => last = now,
+            }
+        }
+    }
+
+    /// Takes note of a stamp made elsewhere.
+    pub(crate) fn observe(&self, stamp: u64) {
+        self.last.fetch_max(stamp, Ordering::SeqCst);
+    }
+}
 
 /// One retained message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,39 +113,86 @@ pub(crate) struct Stored {
     /// When it expires (MQTT 5 Message Expiry Interval), in unix milliseconds: from then on
     /// it is not delivered, and the next purge removes it.
     pub expires_at: Option<u64>,
+    /// Which write it is.
+    pub version: Version,
 }
 
-impl Stored {
-    /// The value kept in the file (`TABLE`).
-    fn to_value(&self) -> Vec<u8> {
-        let mut value = Vec::with_capacity(self.packet.len() + 9);
-        match self.expires_at {
-            Some(at) => {
-                value.push(self.qos | EXPIRES);
-                value.extend_from_slice(&at.to_be_bytes());
-            }
-            None => value.push(self.qos),
+/// A topic's entry: its message, or the tombstone its delete left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Entry {
+    /// The retained message.
+    Message(Stored),
+    /// Deleted by the write `Version`.
+    Tombstone(Version),
+}
+
+impl Entry {
+    /// Which write it is.
+    pub(crate) fn version(&self) -> &Version {
+        match self {
+            Entry::Message(stored) => &stored.version,
+            Entry::Tombstone(version) => version,
         }
-        value.extend_from_slice(&self.packet);
+    }
+
+    /// The value kept in the file (`TABLE`), also what a peer link carries.
+    pub(crate) fn to_value(&self) -> Vec<u8> {
+        let (flags, expires_at, version, packet): (u8, _, _, &[u8]) = match self {
+            Entry::Message(s) => (s.qos, s.expires_at, &s.version, &s.packet),
+            Entry::Tombstone(v) => (TOMBSTONE, None, v, &[]),
+        };
+        let mut value = Vec::with_capacity(packet.len() + 18 + version.writer.len());
+        value.push(flags | VERSIONED | if expires_at.is_some() { EXPIRES } else { 0 });
+        if let Some(at) = expires_at {
+            value.extend_from_slice(&at.to_be_bytes());
+        }
+        value.extend_from_slice(&version.stamp.to_be_bytes());
+        // Node ids are at most 32 bytes (config.rs); longer would not fit the length byte.
+        let writer = &version.writer.as_bytes()[..version.writer.len().min(255)];
+        value.push(writer.len() as u8);
+        value.extend_from_slice(writer);
+        value.extend_from_slice(packet);
         value
     }
 
-    /// Reads a value of the file back; `None` for one too short to be a value.
-    fn from_value(value: &[u8]) -> Option<Stored> {
-        let (&first, rest) = value.split_first()?;
-        let (expires_at, packet) = if first & EXPIRES != 0 {
-            let (at, packet) = rest.split_first_chunk::<8>()?;
-            (Some(u64::from_be_bytes(*at)), packet)
+    /// Reads a value back; `None` for one that is not a value.
+    pub(crate) fn from_value(value: &[u8]) -> Option<Entry> {
+        let (&flags, mut rest) = value.split_first()?;
+        let expires_at = if flags & EXPIRES != 0 {
+            let (at, after) = rest.split_first_chunk::<8>()?;
+            rest = after;
+            Some(u64::from_be_bytes(*at))
         } else {
-            (None, rest)
+            None
         };
-        Some(Stored {
-            qos: first & 0x03,
-            packet: packet.into(),
+        let version = if flags & VERSIONED != 0 {
+            let (stamp, after) = rest.split_first_chunk::<8>()?;
+            let (&len, after) = after.split_first()?;
+            let writer = after.get(..usize::from(len))?;
+            rest = &after[usize::from(len)..];
+            Version {
+                stamp: u64::from_be_bytes(*stamp),
+                writer: std::str::from_utf8(writer).ok()?.into(),
+            }
+        } else {
+            Version::default()
+        };
+        if flags & TOMBSTONE != 0 {
+            return Some(Entry::Tombstone(version));
+        }
+        let stored = Stored {
+            qos: flags & 0x03,
+            packet: rest.into(),
             expires_at,
-        })
+            version,
+        };
+        // A message must at least be a packet.
+        stored.parts()?;
+        Some(Entry::Message(stored))
     }
+}
 
+impl Stored {
     /// Whether it has expired at `now_ms`.
     fn expired(&self, now_ms: u64) -> bool {
         self.expires_at.is_some_and(|at| at <= now_ms)
@@ -97,8 +210,17 @@ impl Stored {
 pub(crate) enum Change {
     /// Keep this message as the topic's retained message.
     Set(Stored),
-    /// Remove the topic's retained message.
-    Delete,
+    /// Remove the topic's retained message, leaving a tombstone of this version.
+    Delete(Version),
+}
+
+impl Change {
+    fn version(&self) -> &Version {
+        match self {
+            Change::Set(stored) => &stored.version,
+            Change::Delete(version) => version,
+        }
+    }
 }
 
 /// The retained set and its durable copy; cloning shares them.
@@ -107,9 +229,32 @@ pub(crate) struct Retained {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+/// The in-memory set: messages and the tombstones of deletes.
+#[derive(Default)]
+struct Sets {
     /// topic → its retained message.
-    messages: Mutex<BTreeMap<Box<str>, Stored>>,
+    messages: BTreeMap<Box<str>, Stored>,
+    /// topic → the delete that removed its message, kept `TOMBSTONE_TTL`.
+    tombstones: BTreeMap<Box<str>, Version>,
+}
+
+impl Sets {
+    /// The version of the topic's entry, if it has one.
+    fn version(&self, topic: &str) -> Option<&Version> {
+        self.messages
+            .get(topic)
+            .map(|s| &s.version)
+            .or_else(|| self.tombstones.get(topic))
+    }
+}
+
+struct Inner {
+    /// The set.
+    sets: Mutex<Sets>,
+    /// Stamps for this node's changes.
+    clock: Clock,
+    /// This node's id, the writer of its changes.
+    writer: Arc<str>,
     /// `roost_mqtt_retained_messages`.
     gauge: IntGauge,
     /// `roost_mqtt_retained_bytes`, and the total it shows.
@@ -122,24 +267,26 @@ struct Inner {
 
 /// What the writer thread is asked to do.
 enum Msg {
-    /// Apply one change; answer once it is durable.
+    /// Apply one write; answer once it is durable.
     Write(Op),
     /// Release the database file, then answer.
     Close(oneshot::Sender<()>),
 }
 
-/// One write for the writer thread.
+/// One write for the writer thread: the topic's new entry, or `None` to forget the topic.
 struct Op {
     topic: String,
-    change: Change,
+    entry: Option<Entry>,
     done: oneshot::Sender<Result<(), String>>,
 }
 
 impl Retained {
     /// Opens (or creates) the durable retained set in `data_dir`, loads it, and starts its
-    /// writer. Returns how many messages were loaded.
+    /// writer; `writer` is this node's id, which its changes carry. Returns how many messages
+    /// were loaded.
     pub(crate) fn open(
         data_dir: &Path,
+        writer: &str,
         gauge: IntGauge,
         bytes: IntGauge,
         errors: IntCounter,
@@ -154,15 +301,25 @@ impl Retained {
             .set_cache_size(CACHE_BYTES)
             .create(&path)
             .map_err(|e| store_error(e.into()))?;
-        let mut messages = BTreeMap::new();
+        let mut sets = Sets::default();
+        let clock = Clock::default();
         {
             let read = db.begin_read().map_err(|e| store_error(e.into()))?;
             match read.open_table(TABLE) {
                 Ok(table) => {
                     for entry in table.iter().map_err(|e| store_error(e.into()))? {
                         let (topic, value) = entry.map_err(|e| store_error(e.into()))?;
-                        if let Some(stored) = Stored::from_value(value.value()) {
-                            messages.insert(Box::<str>::from(topic.value()), stored);
+                        let topic = Box::<str>::from(topic.value());
+                        match Entry::from_value(value.value()) {
+                            Some(Entry::Message(stored)) => {
+                                clock.observe(stored.version.stamp);
+                                sets.messages.insert(topic, stored);
+                            }
+                            Some(Entry::Tombstone(version)) => {
+                                clock.observe(version.stamp);
+                                sets.tombstones.insert(topic, version);
+                            }
+                            None => {}
                         }
                     }
                 }
@@ -170,19 +327,21 @@ impl Retained {
                 Err(e) => return Err(store_error(e.into())),
             }
         }
-        let loaded = messages.len();
+        let loaded = sets.messages.len();
         gauge.set(i64::try_from(loaded).unwrap_or(i64::MAX));
-        let total: usize = messages.values().map(|m: &Stored| m.packet.len()).sum();
+        let total: usize = sets.messages.values().map(|m| m.packet.len()).sum();
         bytes.set(i64::try_from(total).unwrap_or(i64::MAX));
         let (writes, queue) = mpsc::channel(QUEUE);
         std::thread::Builder::new()
             .name("roost-retained".into())
-            .spawn(move || writer(db, queue))
+            .spawn(move || write_loop(db, queue))
             .map_err(|e| Error::Startup(format!("spawning the retained writer: {e}")))?;
         Ok((
             Retained {
                 inner: Arc::new(Inner {
-                    messages: Mutex::new(messages),
+                    sets: Mutex::new(sets),
+                    clock,
+                    writer: writer.into(),
                     gauge,
                     bytes,
                     errors,
@@ -193,6 +352,14 @@ impl Retained {
         ))
     }
 
+    /// A version for a change this node makes now: newer than every version it has seen.
+    pub(crate) fn next_version(&self) -> Version {
+        Version {
+            stamp: self.inner.clock.tick(),
+            writer: self.inner.writer.clone(),
+        }
+    }
+
     /// The retained messages whose topics match `filter`, in topic order, expired ones left
     /// out. Shared subscriptions get none.
     pub(crate) fn matching(&self, filter: &str) -> Vec<(String, Stored)> {
@@ -201,8 +368,8 @@ impl Retained {
         }
         let prefix = crate::topic::literal_prefix(filter);
         let now = crate::envelope::now_ms();
-        let messages = self.lock();
-        messages
+        let sets = self.lock();
+        sets.messages
             .range::<str, _>((
                 std::ops::Bound::Included(prefix),
                 std::ops::Bound::Unbounded,
@@ -213,86 +380,131 @@ impl Retained {
             .collect()
     }
 
-    /// Removes the messages that have expired, from memory and from the file (MQTT 5: a
-    /// retained message lives no longer than its Message Expiry Interval). Returns how many.
+    /// Every entry, messages and tombstones, in topic order: what a peer is sent when a link
+    /// to it opens.
+    pub(crate) fn entries(&self) -> Vec<(String, Entry)> {
+        let sets = self.lock();
+        let mut all: Vec<(String, Entry)> = sets
+            .messages
+            .iter()
+            .map(|(t, s)| (t.to_string(), Entry::Message(s.clone())))
+            .chain(
+                sets.tombstones
+                    .iter()
+                    .map(|(t, v)| (t.to_string(), Entry::Tombstone(v.clone()))),
+            )
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Removes the messages that have expired (MQTT 5: a retained message lives no longer
+    /// than its Message Expiry Interval) and the tombstones older than `TOMBSTONE_TTL`, from
+    /// memory and from the file. Returns how many messages expired.
     pub(crate) async fn purge_expired(&self) -> usize {
         let now = crate::envelope::now_ms();
-        let expired: Vec<Box<str>> = self
-            .lock()
-            .iter()
-            .filter(|(_, stored)| stored.expired(now))
-            .map(|(topic, _)| topic.clone())
-            .collect();
+        let forget_before = now.saturating_sub(TOMBSTONE_TTL.as_millis() as u64);
+        let (expired, old): (Vec<Box<str>>, Vec<Box<str>>) = {
+            let sets = self.lock();
+            (
+                sets.messages
+                    .iter()
+                    .filter(|(_, stored)| stored.expired(now))
+                    .map(|(topic, _)| topic.clone())
+                    .collect(),
+                sets.tombstones
+                    .iter()
+                    .filter(|(_, v)| v.written_ms() < forget_before)
+                    .map(|(topic, _)| topic.clone())
+                    .collect(),
+            )
+        };
         let mut purged = 0;
         for topic in expired {
             // Checked again under the lock: the topic may have been set anew meanwhile.
             if self
-                .change_if(&topic, Change::Delete, |s| {
-                    s.is_some_and(|s| s.expired(now))
+                .write_if(&topic, None, |sets| {
+                    sets.messages.get(&*topic).is_some_and(|s| s.expired(now))
                 })
                 .await
             {
                 purged += 1;
             }
         }
+        for topic in old {
+            self.write_if(&topic, None, |sets| {
+                sets.messages.get(&*topic).is_none()
+                    && sets
+                        .tombstones
+                        .get(&*topic)
+                        .is_some_and(|v| v.written_ms() < forget_before)
+            })
+            .await;
+        }
         purged
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Box<str>, Stored>> {
-        // A poisoned lock only means another thread panicked mid-update; the map is still a
-        // valid map, so keep using it.
-        self.inner
-            .messages
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sets> {
+        // A poisoned lock only means another thread panicked mid-update; the set is still a
+        // valid set, so keep using it.
+        self.inner.sets.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Applies `change` to `topic` and returns once it is durable. A failed write is logged
-    /// and counted; the message still flows (the live set matters more than its copy).
-    pub(crate) async fn record(&self, topic: &str, change: Change) {
-        self.change_if(topic, change, |_| true).await;
+    /// Applies `change` to `topic` if it is newer than the topic's entry (last writer wins)
+    /// and returns once it is durable; false when an entry as new or newer was there. A
+    /// failed write is logged and counted; the message still flows (the live set matters more
+    /// than its copy).
+    pub(crate) async fn record(&self, topic: &str, change: Change) -> bool {
+        self.inner.clock.observe(change.version().stamp);
+        let entry = match change {
+            Change::Set(stored) => Entry::Message(stored),
+            Change::Delete(version) => Entry::Tombstone(version),
+        };
+        let version = entry.version().clone();
+        self.write_if(topic, Some(entry), |sets| {
+            sets.version(topic).is_none_or(|v| *v < version)
+        })
+        .await
     }
 
-    /// Applies `change` to `topic` if `when` holds for the topic's message now (checked under
-    /// the lock), and returns once it is durable; false when it did not hold.
-    async fn change_if(
+    /// Makes `entry` the topic's entry (`None`: forgets the topic) if `when` holds for the set
+    /// now (checked under the lock), and returns once it is durable; false when it did not
+    /// hold.
+    async fn write_if(
         &self,
         topic: &str,
-        change: Change,
-        when: impl FnOnce(Option<&Stored>) -> bool,
+        entry: Option<Entry>,
+        when: impl FnOnce(&Sets) -> bool,
     ) -> bool {
         let (done, wait) = oneshot::channel();
-        let result = match self.inner.writes.reserve().await {
-            Ok(permit) => {
-                // The memory update and the queueing happen under one lock, so the file sees
-                // changes to a topic in the order memory does.
-                {
-                    let mut messages = self.lock();
-                    if !when(messages.get(topic)) {
-                        return false;
-                    }
-                    let delta = apply(&mut messages, topic, &change);
-                    self.inner
-                        .gauge
-                        .set(i64::try_from(messages.len()).unwrap_or(i64::MAX));
-                    self.inner.bytes.add(delta);
+        let permit = self.inner.writes.reserve().await.ok();
+        let result = {
+            // The memory update and the queueing happen under one lock, so the file sees
+            // changes to a topic in the order memory does.
+            let mut sets = self.lock();
+            if !when(&sets) {
+                return false;
+            }
+            let delta = apply(&mut sets, topic, entry.clone());
+            self.inner
+                .gauge
+                .set(i64::try_from(sets.messages.len()).unwrap_or(i64::MAX));
+            self.inner.bytes.add(delta);
+            match permit {
+                Some(permit) => {
                     permit.send(Msg::Write(Op {
                         topic: topic.to_owned(),
-                        change,
+                        entry,
                         done,
                     }));
+                    None
                 }
-                wait.await.unwrap_or_else(|_| Err("writer stopped".into()))
+                None => Some(Err("writer stopped".to_owned())),
             }
-            Err(_) => {
-                let mut messages = self.lock();
-                if !when(messages.get(topic)) {
-                    return false;
-                }
-                let delta = apply(&mut messages, topic, &change);
-                self.inner.bytes.add(delta);
-                Err("writer stopped".into())
-            }
+        };
+        let result = match result {
+            Some(failed) => failed,
+            None => wait.await.unwrap_or_else(|_| Err("writer stopped".into())),
         };
         if let Err(e) = result {
             tracing::error!(topic, error = %e, "could not persist a retained message");
@@ -327,20 +539,28 @@ impl Retained {
     }
 }
 
-/// Applies a change to the in-memory set; returns how many stored bytes it added (negative
-/// when it freed some).
-fn apply(messages: &mut BTreeMap<Box<str>, Stored>, topic: &str, change: &Change) -> i64 {
+/// Makes `entry` the topic's entry in memory (`None` forgets the topic); returns how many
+/// stored message bytes it added (negative when it freed some).
+fn apply(sets: &mut Sets, topic: &str, entry: Option<Entry>) -> i64 {
     let size = |m: Option<Stored>| m.map_or(0, |m| i64::try_from(m.packet.len()).unwrap_or(0));
-    match change {
-        Change::Delete => -size(messages.remove(topic)),
-        Change::Set(stored) => {
-            size(Some(stored.clone())) - size(messages.insert(topic.into(), stored.clone()))
+    let removed = size(sets.messages.remove(topic));
+    sets.tombstones.remove(topic);
+    match entry {
+        None => -removed,
+        Some(Entry::Tombstone(version)) => {
+            sets.tombstones.insert(topic.into(), version);
+            -removed
+        }
+        Some(Entry::Message(stored)) => {
+            let added = size(Some(stored.clone()));
+            sets.messages.insert(topic.into(), stored);
+            added - removed
         }
     }
 }
 
 /// Commits queued writes in batches until asked to close or every sender is gone.
-fn writer(db: Database, mut queue: mpsc::Receiver<Msg>) {
+fn write_loop(db: Database, mut queue: mpsc::Receiver<Msg>) {
     let mut close = None;
     while let Some(first) = queue.blocking_recv() {
         let mut batch = Vec::new();
@@ -378,11 +598,11 @@ fn commit(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
     {
         let mut table = txn.open_table(TABLE)?;
         for op in batch {
-            match &op.change {
-                Change::Set(stored) => {
-                    table.insert(op.topic.as_str(), stored.to_value().as_slice())?;
+            match &op.entry {
+                Some(entry) => {
+                    table.insert(op.topic.as_str(), entry.to_value().as_slice())?;
                 }
-                Change::Delete => {
+                None => {
                     table.remove(op.topic.as_str())?;
                 }
             }
@@ -415,45 +635,102 @@ mod tests {
         )
     }
 
-    fn set(topic: &str, payload: &[u8]) -> Change {
-        Change::Set(Stored {
+    fn version(stamp: u64, writer: &str) -> Version {
+        Version {
+            stamp,
+            writer: writer.into(),
+        }
+    }
+
+    fn stored(topic: &str, payload: &[u8], version: Version) -> Stored {
+        Stored {
             qos: 1,
             packet: publish_packet(topic, payload).into(),
             expires_at: None,
-        })
+            version,
+        }
+    }
+
+    fn set(retained: &Retained, topic: &str, payload: &[u8]) -> Change {
+        Change::Set(stored(topic, payload, retained.next_version()))
     }
 
     #[test]
     fn values_round_trip_with_and_without_expiry() {
         let packet: Arc<[u8]> = publish_packet("a", b"v").into();
         for expires_at in [None, Some(1_700_000_000_123)] {
-            let stored = Stored {
+            let entry = Entry::Message(Stored {
                 qos: 2,
                 packet: packet.clone(),
                 expires_at,
-            };
-            assert_eq!(Stored::from_value(&stored.to_value()), Some(stored));
+                version: version(42 << 16, "node-b"),
+            });
+            assert_eq!(Entry::from_value(&entry.to_value()), Some(entry));
         }
-        // A value written before expiry was kept: the QoS byte, then the packet.
+        let tombstone = Entry::Tombstone(version(7, "node-c"));
+        assert_eq!(Entry::from_value(&tombstone.to_value()), Some(tombstone));
+        // A value written before expiry and versions were kept: the QoS byte, then the packet.
         let mut old = vec![1];
         old.extend_from_slice(&packet);
-        let read = Stored::from_value(&old).unwrap();
+        let Some(Entry::Message(read)) = Entry::from_value(&old) else {
+            panic!("an old value reads as a message");
+        };
         assert_eq!((read.qos, read.expires_at), (1, None));
-        assert_eq!(Stored::from_value(&[EXPIRES | 1, 0, 0]), None);
+        assert_eq!(read.version, Version::default());
+        assert_eq!(Entry::from_value(&[EXPIRES | 1, 0, 0]), None);
+    }
+
+    #[tokio::test]
+    async fn the_latest_write_wins_whatever_order_writes_arrive_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let (g, b, e) = metrics();
+        let (retained, _) = Retained::open(dir.path(), "node-a", g, b, e).unwrap();
+        let payload = |r: &Retained| -> Vec<u8> {
+            r.matching("t")
+                .first()
+                .and_then(|(_, s)| s.parts().map(|p| p.payload.to_vec()))
+                .unwrap_or_default()
+        };
+        let newer = Change::Set(stored("t", b"new", version(20, "node-b")));
+        let older = Change::Set(stored("t", b"old", version(10, "node-c")));
+        assert!(retained.record("t", newer).await);
+        assert!(
+            !retained.record("t", older).await,
+            "an older write is refused"
+        );
+        assert_eq!(payload(&retained), b"new");
+        // Same stamp: the writer's id breaks the tie, the same way on every node.
+        let tie = Change::Set(stored("t", b"tie", version(20, "node-c")));
+        assert!(retained.record("t", tie).await);
+        assert_eq!(payload(&retained), b"tie");
+        // A delete leaves a tombstone that an older message cannot get past.
+        assert!(
+            retained
+                .record("t", Change::Delete(version(30, "node-a")))
+                .await
+        );
+        let late = Change::Set(stored("t", b"late", version(25, "node-b")));
+        assert!(!retained.record("t", late).await);
+        assert!(retained.matching("t").is_empty());
+        assert!(
+            matches!(&retained.entries()[..], [(t, Entry::Tombstone(v))] if t == "t" && v.stamp == 30)
+        );
+        // This node's next change is newer than anything it has seen.
+        assert!(retained.next_version().stamp > 30);
     }
 
     #[tokio::test]
     async fn expired_messages_are_not_served_and_are_purged_for_good() {
         let dir = tempfile::tempdir().unwrap();
         let (g, b, e) = metrics();
-        let (retained, _) = Retained::open(dir.path(), g.clone(), b, e).unwrap();
+        let (retained, _) = Retained::open(dir.path(), "node-a", g.clone(), b, e).unwrap();
         let now = crate::envelope::now_ms();
         for (topic, expires_at) in [
             ("t/past", Some(now - 1)),
             ("t/later", Some(now + 600_000)),
             ("t/never", None),
         ] {
-            let Change::Set(mut stored) = set(topic, b"v") else {
+            let Change::Set(mut stored) = set(&retained, topic, b"v") else {
                 unreachable!("set makes a Set")
             };
             stored.expires_at = expires_at;
@@ -468,7 +745,7 @@ mod tests {
         assert_eq!(g.get(), 2);
         retained.close().await;
         let (g2, b2, e2) = metrics();
-        let (reopened, loaded) = Retained::open(dir.path(), g2, b2, e2).unwrap();
+        let (reopened, loaded) = Retained::open(dir.path(), "node-a", g2, b2, e2).unwrap();
         assert_eq!(loaded, 2);
         assert_eq!(topics(&reopened), ["t/later", "t/never"]);
         assert_eq!(
@@ -481,9 +758,9 @@ mod tests {
     async fn matching_follows_filters() {
         let dir = tempfile::tempdir().unwrap();
         let (g, b, e) = metrics();
-        let (retained, _) = Retained::open(dir.path(), g, b, e).unwrap();
+        let (retained, _) = Retained::open(dir.path(), "node-a", g, b, e).unwrap();
         for topic in ["home", "home/a", "home/b/c", "homey", "$SYS/x", "other"] {
-            retained.record(topic, set(topic, b"v")).await;
+            retained.record(topic, set(&retained, topic, b"v")).await;
         }
         let topics = |filter: &str| -> Vec<String> {
             retained
@@ -507,15 +784,19 @@ mod tests {
     async fn survives_reopen_with_deletes() {
         let dir = tempfile::tempdir().unwrap();
         let (g, b, e) = metrics();
-        let (retained, loaded) = Retained::open(dir.path(), g.clone(), b.clone(), e).unwrap();
+        let (retained, loaded) =
+            Retained::open(dir.path(), "node-a", g.clone(), b.clone(), e).unwrap();
         assert_eq!(loaded, 0);
         for i in 0..20 {
             let topic = format!("home/{i:02}");
-            retained.record(&topic, set(&topic, b"v")).await;
+            retained.record(&topic, set(&retained, &topic, b"v")).await;
         }
         for i in 0..5 {
             retained
-                .record(&format!("home/{i:02}"), Change::Delete)
+                .record(
+                    &format!("home/{i:02}"),
+                    Change::Delete(retained.next_version()),
+                )
                 .await;
         }
         assert_eq!(g.get(), 15);
@@ -523,7 +804,8 @@ mod tests {
         assert_eq!(b.get(), 15 * one);
         retained.close().await;
         let (g2, b2, e2) = metrics();
-        let (reopened, loaded) = Retained::open(dir.path(), g2.clone(), b2.clone(), e2).unwrap();
+        let (reopened, loaded) =
+            Retained::open(dir.path(), "node-a", g2.clone(), b2.clone(), e2).unwrap();
         assert_eq!(b2.get(), 15 * one);
         assert_eq!(loaded, 15);
         let first = &reopened.matching("home/#")[0];

@@ -586,6 +586,8 @@ mod tests {
             origin,
             sequence: 1,
             expires_at: None,
+            stamp: 0,
+            writer: None,
         }
     }
 

@@ -27,4 +27,8 @@ pub struct BrokerSettings {
     pub max_queued_messages: usize,
     /// Where the broker keeps its durable state (the retained set, `retained.redb`).
     pub data_dir: PathBuf,
+    /// This node's id: the writer of its retained changes, and its name on peer links.
+    pub node: String,
+    /// The cluster's other members, linked in a full mesh.
+    pub mesh: crate::MeshSettings,
 }

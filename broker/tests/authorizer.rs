@@ -112,6 +112,8 @@ async fn denied_publishes_and_subscriptions_are_refused_and_counted() {
         max_session_expiry: Duration::from_secs(60),
         max_queued_messages: 100,
         data_dir: dir.path().to_owned(),
+        node: "node-a".into(),
+        mesh: roost_broker::MeshSettings::default(),
     };
     let (token, tracker) = (CancellationToken::new(), TaskTracker::new());
     let registry = prometheus::Registry::new();

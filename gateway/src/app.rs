@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use roost_broker::{Broker, BrokerClient, BrokerSettings};
+use roost_broker::{Broker, BrokerClient, BrokerSettings, MeshPeer, MeshSettings};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -77,6 +77,19 @@ async fn run_node(settings: Settings) -> anyhow::Result<()> {
             max_session_expiry: settings.mqtt.max_session_expiry,
             max_queued_messages: settings.mqtt.max_queued_messages,
             data_dir: settings.node.data_dir.clone(),
+            node: node.to_string(),
+            mesh: MeshSettings {
+                cluster: settings.cluster.name.clone(),
+                peers: settings
+                    .cluster
+                    .peers
+                    .iter()
+                    .map(|p| MeshPeer {
+                        id: p.id.to_string(),
+                        addr: p.mqtt.to_string(),
+                    })
+                    .collect(),
+            },
         },
         &registry,
         token.child_token(),

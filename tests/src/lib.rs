@@ -15,6 +15,7 @@
 //! and its message names that precondition; the panic is the calling test's failure report.
 
 pub mod browser;
+pub mod cluster;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -58,6 +59,10 @@ pub struct NodeBuilder {
     data_dir: Option<PathBuf>,
     extra: String,
     demo: bool,
+    /// The IP both listeners bind (MQTT on `mqtt_port`, HTTP on a free port).
+    ip: std::net::IpAddr,
+    /// The MQTT port; 0 lets the OS pick.
+    mqtt_port: u16,
 }
 
 /// A running `roost` process and its temp dir.
@@ -86,6 +91,8 @@ impl Node {
             data_dir: None,
             extra: String::new(),
             demo: false,
+            ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            mqtt_port: 0,
         }
     }
 }
@@ -105,6 +112,14 @@ impl NodeBuilder {
         self
     }
 
+    /// Listens on `addr` for MQTT (and on its IP, any port, for HTTP): a cluster member's
+    /// address must be known before it starts, for its peers' configs.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.ip = addr.ip();
+        self.mqtt_port = addr.port();
+        self
+    }
+
     /// Turns the simulated demo devices on.
     pub fn demo(mut self) -> Self {
         self.demo = true;
@@ -118,13 +133,17 @@ impl NodeBuilder {
         let config = dir.path().join("roost.toml");
         let has_mqtt = self.extra.contains("[mqtt]");
         let mut toml = format!(
-            "[node]\nid = \"{}\"\ndata_dir = \"{}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[demo]\nenabled = {}\n\n",
+            "[node]\nid = \"{}\"\ndata_dir = \"{}\"\n\n[http]\nlisten = \"{}\"\n\n[demo]\nenabled = {}\n\n",
             self.id,
             data_dir.display(),
+            SocketAddr::new(self.ip, 0),
             self.demo
         );
         if !has_mqtt {
-            toml.push_str("[mqtt]\nlisten = \"127.0.0.1:0\"\n\n");
+            toml.push_str(&format!(
+                "[mqtt]\nlisten = \"{}\"\n\n",
+                SocketAddr::new(self.ip, self.mqtt_port)
+            ));
         }
         toml.push_str(&self.extra);
         std::fs::write(&config, toml).expect("the node config is writable in its temp dir");
@@ -324,7 +343,12 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
 /// A `mosquitto_pub` command aimed at a node; add the topic and message arguments.
 pub fn mosquitto_pub_command(node: &Node) -> Command {
     let mut command = Command::new("mosquitto_pub");
-    command.args(["-h", "127.0.0.1", "-p", &node.port().to_string()]);
+    command.args([
+        "-h",
+        &node.mqtt.ip().to_string(),
+        "-p",
+        &node.port().to_string(),
+    ]);
     command
 }
 
@@ -359,7 +383,7 @@ impl MosquittoSub {
                 "-d",
                 "-v",
                 "-h",
-                "127.0.0.1",
+                &node.mqtt.ip().to_string(),
                 "-p",
                 &node.port().to_string(),
             ])

@@ -1,0 +1,501 @@
+//! Partition: a three-node cluster on a real (virtual) network is cut in two, and heals.
+//!
+//! The test builds its own network and removes it again, as root:
+//! - a "hub" network namespace holding a Linux bridge, and one namespace per node;
+//! - each node namespace is joined to the bridge by a veth pair, with the node at
+//!   `10.R.0.<n>/24` (R derived from the test's pid) and `lo` up in every namespace;
+//! - every node runs `roost run --config FILE` through `ip netns exec`, which execs roost in
+//!   place, so the pid spawned is roost's own and killing it stops the node.
+//!
+//! Names carry the test's pid, so parallel runs never share a namespace. A guard kills the
+//! nodes and deletes the namespaces (and with them every veth and the bridge) when the test
+//! ends, panics included. Where namespaces cannot be created (not root, no permission, no `ip`)
+//! the test says so loudly on stderr and returns: that is its only skip.
+//!
+//! The cut takes the current leader's bridge port down (the hub end of its veth), so its
+//! connections stall as on a pulled cable. The leader, now a minority of one, must step down;
+//! the two others must elect one of themselves in a higher term. After the port comes back up
+//! all three must agree on one leader in a term above the first, and a retained message
+//! published on each side during the cut must be served by every node.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use roost_tests::{roost_bin, spawn_line_reader, ChildGuard, EVENT_TIMEOUT, START_TIMEOUT};
+
+const IDS: [&str; 3] = ["node-a", "node-b", "node-c"];
+const MQTT_PORT: u16 = 1883;
+const HTTP_PORT: u16 = 8080;
+/// How often `/health` is read while waiting for the cluster to reach a state.
+const POLL: Duration = Duration::from_millis(50);
+/// The bound on the first agreement, which includes the nodes meeting each other.
+const FIRST_AGREEMENT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How many lines of each node's log a failure message carries.
+const LOG_TAIL: usize = 60;
+
+/// Runs `ip` with `args`; the error names the command and what it printed.
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("`ip {}`: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Runs `ip` with `args` once namespaces are known to work; a failure is a broken setup.
+fn ip_setup(args: &[&str]) {
+    if let Err(e) = ip(args) {
+        panic!("network setup failed: {e}");
+    }
+}
+
+/// The hub namespace with its bridge, and one namespace per node; all deleted on drop.
+struct Net {
+    hub: String,
+    /// Each node's namespace, by node index.
+    node_ns: Vec<String>,
+    /// The hub end of each node's veth: its bridge port, taken down to cut the node off.
+    hub_veth: Vec<String>,
+    /// Each node's address.
+    node_ip: Vec<String>,
+    /// Every namespace created so far, deleted on drop.
+    created: Vec<String>,
+}
+
+impl Net {
+    /// Builds the network; `Err` only when the first namespace cannot be created.
+    fn setup() -> Result<Net, String> {
+        let pid = std::process::id();
+        // 10.1.x.x up to 10.250.x.x: only this run's namespaces ever see these addresses.
+        let subnet = pid % 250 + 1;
+        let mut net = Net {
+            hub: format!("roost-part-{pid}-hub"),
+            node_ns: (0..IDS.len())
+                .map(|i| format!("roost-part-{pid}-{i}"))
+                .collect(),
+            // Interface names are at most 15 bytes: "rp" + a pid of at most 7 digits + 2.
+            hub_veth: (0..IDS.len()).map(|i| format!("rp{pid}h{i}")).collect(),
+            node_ip: (0..IDS.len())
+                .map(|i| format!("10.{subnet}.0.{}", i + 1))
+                .collect(),
+            created: Vec::new(),
+        };
+        // A namespace named after our pid is left over from a dead run that had it before us.
+        for ns in std::iter::once(&net.hub).chain(&net.node_ns) {
+            let _ = ip(&["netns", "del", ns]);
+        }
+        ip(&["netns", "add", &net.hub])?;
+        net.created.push(net.hub.clone());
+        ip_setup(&["-n", &net.hub, "link", "set", "lo", "up"]);
+        ip_setup(&["-n", &net.hub, "link", "add", "br0", "type", "bridge"]);
+        ip_setup(&["-n", &net.hub, "link", "set", "br0", "up"]);
+        for i in 0..IDS.len() {
+            let ns = net.node_ns[i].clone();
+            let hub_veth = net.hub_veth[i].clone();
+            let node_veth = format!("rp{pid}n{i}");
+            let addr = format!("{}/24", net.node_ip[i]);
+            ip_setup(&["netns", "add", &ns]);
+            net.created.push(ns.clone());
+            ip_setup(&["-n", &ns, "link", "set", "lo", "up"]);
+            ip_setup(&[
+                "-n", &net.hub, "link", "add", &hub_veth, "type", "veth", "peer", "name",
+                &node_veth, "netns", &ns,
+            ]);
+            ip_setup(&["-n", &net.hub, "link", "set", &hub_veth, "master", "br0"]);
+            ip_setup(&["-n", &net.hub, "link", "set", &hub_veth, "up"]);
+            ip_setup(&["-n", &ns, "addr", "add", &addr, "dev", &node_veth]);
+            ip_setup(&["-n", &ns, "link", "set", &node_veth, "up"]);
+        }
+        Ok(net)
+    }
+
+    /// Takes node `i`'s bridge port down (`up == false`) or brings it back.
+    fn set_link(&self, i: usize, up: bool) {
+        let state = if up { "up" } else { "down" };
+        ip_setup(&["-n", &self.hub, "link", "set", &self.hub_veth[i], state]);
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes the interfaces in it: the veths and the bridge.
+        for ns in self.created.iter().rev() {
+            if let Err(e) = ip(&["netns", "del", ns]) {
+                eprintln!("partition test cleanup: {e}");
+            }
+        }
+    }
+}
+
+/// A `roost` process running in a node's namespace; killed when it drops.
+struct NsNode {
+    child: ChildGuard,
+    id: &'static str,
+    ns: String,
+    ip: String,
+    stderr_path: PathBuf,
+    /// Keeps the stdout pipe read, so the node never writes into a closed pipe.
+    _stdout: Receiver<String>,
+}
+
+/// What one node's `/health` says about the cluster.
+#[derive(Debug, Clone, PartialEq)]
+struct View {
+    status: String,
+    leader: Option<String>,
+    term: u64,
+}
+
+/// Each node's `/health`, or why it gave none.
+type Views = Vec<Result<View, String>>;
+
+impl NsNode {
+    /// Writes node `i`'s config into `dir`, starts it in its namespace, waits for `Ready.`.
+    fn start(net: &Net, i: usize, dir: &Path) -> NsNode {
+        let id = IDS[i];
+        let ip = net.node_ip[i].clone();
+        let peers: Vec<String> = (0..IDS.len())
+            .filter(|&j| j != i)
+            .map(|j| {
+                format!(
+                    "{{ id = \"{}\", mqtt = \"{}:{MQTT_PORT}\" }}",
+                    IDS[j], net.node_ip[j]
+                )
+            })
+            .collect();
+        let config = format!(
+            "[node]\nid = \"{id}\"\ndata_dir = \"{}\"\n\n\
+             [mqtt]\nlisten = \"{ip}:{MQTT_PORT}\"\n\n\
+             [http]\nlisten = \"{ip}:{HTTP_PORT}\"\n\n\
+             [demo]\nenabled = false\n\n\
+             [cluster]\nname = \"part\"\npeers = [ {} ]\n",
+            dir.join(id).display(),
+            peers.join(", ")
+        );
+        let config_path = dir.join(format!("{id}.toml"));
+        std::fs::write(&config_path, config).expect("the node config is writable in the temp dir");
+        let stderr_path = dir.join(format!("{id}.stderr.log"));
+        let stderr = std::fs::File::create(&stderr_path)
+            .expect("the stderr log is creatable in the temp dir");
+        let bin = roost_bin();
+        let mut child = ChildGuard(
+            Command::new("ip")
+                .args(["netns", "exec", &net.node_ns[i]])
+                .arg(&bin)
+                .arg("run")
+                .arg("--config")
+                .arg(&config_path)
+                .env("RUST_LOG", "info")
+                .env("NO_COLOR", "1")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(stderr)
+                .spawn()
+                .expect("`ip netns exec` starts"),
+        );
+        let lines = spawn_line_reader(child.0.stdout.take().expect("stdout was piped above"));
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line == "Ready." => break,
+                Ok(_) => {}
+                Err(e) => panic!(
+                    "{id} did not become ready in namespace {} ({e:?}); stderr:\n{}",
+                    net.node_ns[i],
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                ),
+            }
+        }
+        // `ip netns exec` execs the program in place: the pid we hold is roost's, so the
+        // guard's kill stops the node itself, not a wrapper that would leave it running.
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", child.0.id()))
+            .expect("a ready node's /proc entry exists");
+        let name = bin
+            .file_name()
+            .expect("the roost binary path names a file")
+            .to_string_lossy();
+        assert_eq!(
+            comm.trim_end(),
+            &name[..name.len().min(15)],
+            "the pid spawned through `ip netns exec` is not the roost process"
+        );
+        NsNode {
+            child,
+            id,
+            ns: net.node_ns[i].clone(),
+            ip,
+            stderr_path,
+            _stdout: lines,
+        }
+    }
+
+    /// `program` to run inside the node's namespace; add its arguments.
+    fn exec(&self, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.ns, program]);
+        command
+    }
+
+    /// The node's `/health`, read from inside its namespace.
+    fn health(&self) -> Result<View, String> {
+        let url = format!("http://{}:{HTTP_PORT}/health", self.ip);
+        let out = self
+            .exec("curl")
+            .args(["-s", "-m", "2", &url])
+            .output()
+            .expect("curl is installed");
+        if !out.status.success() {
+            return Err(format!("curl {url}: exit {:?}", out.status.code()));
+        }
+        let body = String::from_utf8_lossy(&out.stdout);
+        let json: serde_json::Value = serde_json::from_str(&body)
+            .map_err(|e| format!("/health is not JSON ({e}): {body}"))?;
+        let leader = match &json["leader"] {
+            serde_json::Value::Null => None,
+            serde_json::Value::String(s) => Some(s.clone()),
+            _ => {
+                return Err(format!(
+                    "/health leader is neither a string nor null: {body}"
+                ))
+            }
+        };
+        Ok(View {
+            status: json["status"]
+                .as_str()
+                .ok_or_else(|| format!("/health has no status: {body}"))?
+                .to_owned(),
+            leader,
+            term: json["term"]
+                .as_u64()
+                .ok_or_else(|| format!("/health has no numeric term: {body}"))?,
+        })
+    }
+
+    /// Publishes a retained QoS 1 message to the node; panics unless it is acknowledged.
+    fn publish_retained(&self, topic: &str, payload: &str) {
+        let port = MQTT_PORT.to_string();
+        // mosquitto_pub has no timeout of its own; `timeout` bounds a missing PUBACK.
+        let out = self
+            .exec("timeout")
+            .args(["10", "mosquitto_pub", "-h", &self.ip, "-p", &port])
+            .args(["-t", topic, "-m", payload, "-r", "-q", "1"])
+            .output()
+            .expect("mosquitto_pub is installed (apt-get install mosquitto-clients)");
+        assert!(
+            out.status.success(),
+            "retained publish {topic}={payload} on {} failed ({:?}): {}{}\n{}",
+            self.id,
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail()
+        );
+    }
+
+    /// The retained messages under `part/#` the node serves, as `topic payload` lines.
+    fn retained(&self, count: usize) -> Output {
+        let port = MQTT_PORT.to_string();
+        let count = count.to_string();
+        self.exec("mosquitto_sub")
+            .args(["-h", &self.ip, "-p", &port, "-t", "part/#", "-v"])
+            .args(["-C", &count, "-W", "3"])
+            .output()
+            .expect("mosquitto_sub is installed (apt-get install mosquitto-clients)")
+    }
+
+    /// The end of the node's log, for failure messages.
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let start = lines.len().saturating_sub(LOG_TAIL);
+        format!(
+            "--- {} (pid {}) log, last {} lines ---\n{}",
+            self.id,
+            self.child.0.id(),
+            lines.len() - start,
+            lines[start..].join("\n")
+        )
+    }
+}
+
+/// Every node's `/health`, in node order.
+fn views(nodes: &[NsNode]) -> Views {
+    nodes.iter().map(NsNode::health).collect()
+}
+
+/// One line per node: what its `/health` says.
+fn describe(nodes: &[NsNode], views: &Views) -> String {
+    nodes
+        .iter()
+        .zip(views)
+        .map(|(node, view)| match view {
+            Ok(v) => format!(
+                "  {}: status={} leader={} term={}",
+                node.id,
+                v.status,
+                v.leader.as_deref().unwrap_or("null"),
+                v.term
+            ),
+            Err(e) => format!("  {}: no health ({e})", node.id),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Polls every node's `/health` until `done` holds; panics with every view and log after
+/// `limit`. Returns the views that satisfied it.
+fn wait_for(nodes: &[NsNode], what: &str, limit: Duration, done: impl Fn(&Views) -> bool) -> Views {
+    let deadline = Instant::now() + limit;
+    loop {
+        let views = views(nodes);
+        if done(&views) {
+            eprintln!("partition: {what}:\n{}", describe(nodes, &views));
+            return views;
+        }
+        if Instant::now() >= deadline {
+            let logs: Vec<String> = nodes.iter().map(NsNode::log_tail).collect();
+            panic!(
+                "not reached within {limit:?}: {what}; last views:\n{}\n{}",
+                describe(nodes, &views),
+                logs.join("\n")
+            );
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// The leader and term the given nodes all report, when they agree on a leader.
+fn agreed(views: &Views, which: &[usize]) -> Option<(String, u64)> {
+    let mut agreed: Option<(String, u64)> = None;
+    for &i in which {
+        let view = views[i].as_ref().ok()?;
+        let this = (view.leader.clone()?, view.term);
+        match &agreed {
+            Some(first) if *first != this => return None,
+            _ => agreed = Some(this),
+        }
+    }
+    agreed
+}
+
+#[test]
+fn a_partitioned_leader_steps_down_and_the_cluster_heals() {
+    let dir = tempfile::tempdir().expect("a writable temp dir");
+    let net = match Net::setup() {
+        Ok(net) => net,
+        Err(e) => {
+            eprintln!(
+                "\n==============================================================\n\
+                 SKIPPED: network namespaces cannot be created here: {e}\n\
+                 The partition test needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN) and iproute2.\n\
+                 ==============================================================\n"
+            );
+            return;
+        }
+    };
+    // Declared after `net`, so dropped before it: the nodes die before their namespaces go.
+    let nodes: Vec<NsNode> = (0..IDS.len())
+        .map(|i| NsNode::start(&net, i, dir.path()))
+        .collect();
+    let all: Vec<usize> = (0..nodes.len()).collect();
+
+    // 1. One leader, one term, seen by everyone.
+    let views = wait_for(
+        &nodes,
+        "all three agree on a leader and a term",
+        FIRST_AGREEMENT_TIMEOUT,
+        |v| agreed(v, &all).is_some(),
+    );
+    let (first_leader, first_term) = agreed(&views, &all).expect("the wait above checked this");
+    let cut = IDS
+        .iter()
+        .position(|id| *id == first_leader)
+        .unwrap_or_else(|| panic!("the agreed leader {first_leader:?} is not a member"));
+    let majority: Vec<usize> = all.iter().copied().filter(|&i| i != cut).collect();
+
+    // 2. Cut the leader off: the harder side to lose.
+    eprintln!("partition: cutting off the leader {first_leader} (term {first_term})");
+    net.set_link(cut, false);
+
+    // 3. The minority steps down; the majority elects one of its own in a higher term.
+    let views = wait_for(
+        &nodes,
+        &format!(
+            "{first_leader} has stepped down and the majority has a leader of its own above term {first_term}"
+        ),
+        EVENT_TIMEOUT,
+        |v| {
+            let minority_down = v[cut]
+                .as_ref()
+                .is_ok_and(|m| m.leader.is_none() && m.status == "unhealthy");
+            let majority_led = agreed(v, &majority).is_some_and(|(leader, term)| {
+                term > first_term && majority.iter().any(|&i| IDS[i] == leader)
+            });
+            minority_down && majority_led
+        },
+    );
+    let (_, partition_term) = agreed(&views, &majority).expect("the wait above checked this");
+
+    // 4. Retained state written on both sides while they cannot talk.
+    let writer = &nodes[majority[0]];
+    writer.publish_retained("part/retained", "during-partition");
+    nodes[cut].publish_retained("part/minority", "from-minority");
+
+    // 5. Heal: everyone follows one leader, in a term above the first.
+    eprintln!("partition: healing {first_leader}'s link");
+    net.set_link(cut, true);
+    wait_for(
+        &nodes,
+        &format!(
+            "all three are healthy and agree on a leader in a term above {first_term} \
+             (and not below the majority's {partition_term})"
+        ),
+        EVENT_TIMEOUT,
+        |v| {
+            let all_healthy = v
+                .iter()
+                .all(|v| v.as_ref().is_ok_and(|v| v.status == "healthy"));
+            all_healthy
+                && agreed(v, &all)
+                    .is_some_and(|(_, term)| term > first_term && term >= partition_term)
+        },
+    );
+
+    // 6. Both sides' retained messages are served everywhere. Convergence after the heal is
+    // asynchronous, so each node is read until it serves both or the deadline passes.
+    let want = [
+        "part/minority from-minority",
+        "part/retained during-partition",
+    ];
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    for node in &nodes {
+        loop {
+            let out = node.retained(want.len());
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            let mut got: Vec<&str> = stdout.lines().collect();
+            got.sort_unstable();
+            if got == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} does not serve both sides' retained messages within {EVENT_TIMEOUT:?}: \
+                 got {got:?}, want {want:?}; mosquitto_sub stderr: {}\n{}",
+                node.id,
+                String::from_utf8_lossy(&out.stderr),
+                node.log_tail()
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+}
