@@ -64,6 +64,17 @@ use crate::session::{Flow, Limits, Registry};
 /// the Receive Maximum the edge announces to MQTT 5 clients.
 const MAX_INFLIGHT: u16 = 100;
 
+/// The links to the cluster's other members, for `/health` and the dashboard; cheap to clone.
+#[derive(Clone)]
+pub struct PeerLinks(Arc<Mesh>);
+
+impl PeerLinks {
+    /// Every peer's link state and traffic, as they are now.
+    pub fn status(&self) -> Vec<PeerStatus> {
+        self.0.status()
+    }
+}
+
 /// A running broker: its listener address, its in-process client and its metrics.
 pub struct Broker {
     /// The address the public listener is bound to (the real port when 0 was asked for).
@@ -185,9 +196,9 @@ impl Broker {
         self.retained.close().await;
     }
 
-    /// The links to the other members, as they are now.
-    pub fn peers(&self) -> Vec<PeerStatus> {
-        self.mesh.status()
+    /// A handle on the links to the other members.
+    pub fn peer_links(&self) -> PeerLinks {
+        PeerLinks(self.mesh.clone())
     }
 
     /// The broker's metrics (shared handles).

@@ -2,7 +2,8 @@
 //! Ctrl-C, then shut down within the contract's 5 s: announce offline, stop every task,
 //! flush the state store, exit 0.
 //!
-//! Start order: telemetry, state store, broker, cluster view, HTTP, presence, demo. Each part
+//! Start order: telemetry, state store, broker (with the mesh), cluster coordinator, HTTP,
+//! presence, demo. At the stop, a leader hands the lease over first. Each part
 //! gets a child of the root cancellation token and runs on the shared task tracker.
 
 use std::net::SocketAddr;
@@ -16,10 +17,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::cluster::{ClusterView, Event};
 use crate::config::Settings;
+use crate::coordinator::{Coordinator, Setup};
 use crate::demo::Demo;
 use crate::http::{self, AppState};
+use crate::lease::Timing;
 use crate::logging;
-use crate::state::{Key, Namespace, Store};
+use crate::state::Store;
 use crate::telemetry::Telemetry;
 use crate::topics::Topics;
 
@@ -99,19 +102,33 @@ async fn run_node(settings: Settings) -> anyhow::Result<()> {
     .context("starting the MQTT broker")?;
     let client = broker.client();
 
-    let view = ClusterView::new(&settings);
-    if view.is_single() {
-        // A cluster of one leads itself; each start is a new term.
-        let key = Key::new(Namespace::Node, "lease/term")?;
-        let term = store.get::<u64>(&key).await?.map(|e| e.value).unwrap_or(0) + 1;
-        store.put(&key, &term).await?;
-        view.set_leader(Some(node.clone()), term);
-    } else {
-        tracing::warn!(
-            peers = settings.cluster.peers.len(),
-            "peers are configured, but this build does not join them yet: the node serves its own clients and reports no leader"
-        );
-    }
+    let view = ClusterView::new(&settings, Some(broker.peer_links()));
+    let topics = Topics::new(&settings.mqtt.topic_prefix, &settings.cluster.name);
+    let coordinator = Coordinator::start(
+        Setup {
+            client: client.clone(),
+            store: store.clone(),
+            topics: topics.clone(),
+            view: view.clone(),
+            node: node.clone(),
+            peers: settings
+                .cluster
+                .peers
+                .iter()
+                .map(|p| p.id.clone())
+                .collect(),
+            timing: Timing {
+                heartbeat: settings.cluster.heartbeat_interval,
+                down_after: settings.cluster.heartbeat_interval
+                    * settings.cluster.missed_heartbeats,
+            },
+            started,
+        },
+        &registry,
+        &tracker,
+    )
+    .await
+    .context("starting the cluster coordinator")?;
 
     let http_listener = TcpListener::bind(settings.http.listen)
         .await
@@ -144,7 +161,6 @@ async fn run_node(settings: Settings) -> anyhow::Result<()> {
         });
     }
 
-    let topics = Topics::new(&settings.mqtt.topic_prefix, &settings.cluster.name);
     let presence = Presence {
         client: client.clone(),
         topics: topics.clone(),
@@ -187,6 +203,13 @@ async fn run_node(settings: Settings) -> anyhow::Result<()> {
     };
 
     let stop_by = tokio::time::Instant::now() + SHUTDOWN_BUDGET;
+    // A leader hands the lease over before anything else stops.
+    if tokio::time::timeout(ANNOUNCE_BUDGET, coordinator.stop())
+        .await
+        .is_err()
+    {
+        tracing::warn!("handing the lease over took too long; stopping anyway");
+    }
     match tokio::time::timeout(ANNOUNCE_BUDGET, presence.announce_offline()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "could not announce offline"),
@@ -226,11 +249,7 @@ impl Presence {
     async fn announce_online(&self) -> anyhow::Result<()> {
         let status = self.topics.node_status(&self.node_id()?);
         self.client.publish(&status, "online", true).await?;
-        let term = self.view.term();
-        self.event("node_up", &self.node, term).await?;
-        if let Some(leader) = self.view.health().leader {
-            self.event("leader_elected", &leader, term).await?;
-        }
+        self.event("node_up", &self.node, self.view.term()).await?;
         Ok(())
     }
 

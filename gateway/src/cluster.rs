@@ -1,13 +1,13 @@
 //! The cluster as this node sees it: its members, who is online, the leader and the term,
 //! and the node's own presence on MQTT (its retained status topic and cluster events).
 //!
-//! A node with no peers is a cluster of one and leads it, with a term that grows by one at
-//! every start (kept in the state store). Membership and the leader lease across peers come
-//! with the cluster mesh; until then a node with peers sees only itself and reports no leader.
+//! The coordinator (`coordinator.rs`) keeps this view current from heartbeats and the lease;
+//! the broker's mesh reports the links to each peer.
 
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use roost_broker::PeerLinks;
 use serde::Serialize;
 
 use crate::config::{NodeId, Settings};
@@ -16,6 +16,8 @@ use crate::config::{NodeId, Settings};
 #[derive(Clone)]
 pub struct ClusterView {
     inner: Arc<RwLock<View>>,
+    /// The broker's links to the peers.
+    links: Option<PeerLinks>,
 }
 
 struct View {
@@ -44,6 +46,56 @@ pub struct Member {
     /// `leader` or `follower`, derived from the lease holder when a health snapshot is taken
     /// (the stored members keep `follower`).
     pub role: &'static str,
+    /// Milliseconds since its last heartbeat arrived (null for this node, or never heard).
+    pub last_heartbeat_ms: Option<u64>,
+    /// The term its last heartbeat carried.
+    pub term: Option<u64>,
+    /// Its uptime, as its last heartbeat said.
+    pub uptime_seconds: Option<u64>,
+    /// Its version, as its last heartbeat said.
+    pub version: Option<String>,
+}
+
+/// What the coordinator knows of a member, for the view.
+#[derive(Debug, Clone, Default)]
+pub struct MemberUpdate {
+    /// Heard within the down-after time.
+    pub online: bool,
+    /// Milliseconds since its last heartbeat.
+    pub last_heartbeat_ms: Option<u64>,
+    /// Its last heartbeat's term.
+    pub term: Option<u64>,
+    /// Its uptime.
+    pub uptime_seconds: Option<u64>,
+    /// Its version.
+    pub version: Option<String>,
+}
+
+/// The link to one peer, in `/health`'s detail.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerLink {
+    /// The peer.
+    pub id: String,
+    /// Its address.
+    pub addr: String,
+    /// The link from here: `up`, `connecting`, `down`.
+    pub outbound: &'static str,
+    /// Whether its link to here is up.
+    pub inbound: bool,
+    /// Links to it opened after the first.
+    pub reconnects: u64,
+    /// Messages sent to it.
+    pub messages_out: u64,
+    /// Messages received from it.
+    pub messages_in: u64,
+    /// Bytes sent to it.
+    pub bytes_out: u64,
+    /// Bytes received from it.
+    pub bytes_in: u64,
+    /// Messages waiting for its acknowledgement.
+    pub queued: u64,
+    /// Why the last link to it failed.
+    pub last_error: Option<String>,
 }
 
 /// The cluster's health, in the shape of `GET /health` (CONTRACT.md).
@@ -65,6 +117,8 @@ pub struct ClusterHealth {
     pub term: u64,
     /// Every member.
     pub members: Vec<Member>,
+    /// The broker's link to each peer.
+    pub peers: Vec<PeerLink>,
 }
 
 impl ClusterHealth {
@@ -75,21 +129,29 @@ impl ClusterHealth {
 }
 
 impl ClusterView {
-    /// The view at start: this node online, peers not yet seen, no leader.
-    pub fn new(settings: &Settings) -> Self {
-        let mut members = vec![Member {
-            id: settings.node.id.to_string(),
-            is_self: true,
-            online: true,
+    /// The view at start: this node online, peers not yet seen, no leader; `links` reports
+    /// the broker's links to the peers.
+    pub fn new(settings: &Settings, links: Option<PeerLinks>) -> Self {
+        let member = |id: String, is_self: bool| Member {
+            id,
+            is_self,
+            online: is_self,
             role: "follower",
-        }];
-        members.extend(settings.cluster.peers.iter().map(|p| Member {
-            id: p.id.to_string(),
-            is_self: false,
-            online: false,
-            role: "follower",
-        }));
+            last_heartbeat_ms: None,
+            term: None,
+            uptime_seconds: None,
+            version: None,
+        };
+        let mut members = vec![member(settings.node.id.to_string(), true)];
+        members.extend(
+            settings
+                .cluster
+                .peers
+                .iter()
+                .map(|p| member(p.id.to_string(), false)),
+        );
         ClusterView {
+            links,
             inner: Arc::new(RwLock::new(View {
                 node: settings.node.id.clone(),
                 cluster: settings.cluster.name.clone(),
@@ -113,6 +175,18 @@ impl ClusterView {
         v.term = term;
     }
 
+    /// Records what the coordinator knows of the peer `id`.
+    pub fn update_member(&self, id: &str, update: MemberUpdate) {
+        let mut v = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = v.members.iter_mut().find(|m| m.id == id && !m.is_self) {
+            m.online = update.online;
+            m.last_heartbeat_ms = update.last_heartbeat_ms;
+            m.term = update.term;
+            m.uptime_seconds = update.uptime_seconds;
+            m.version = update.version;
+        }
+    }
+
     /// The current term.
     pub fn term(&self) -> u64 {
         self.read(|v| v.term)
@@ -120,6 +194,27 @@ impl ClusterView {
 
     /// The cluster's health right now.
     pub fn health(&self) -> ClusterHealth {
+        let peers = self
+            .links
+            .as_ref()
+            .map(PeerLinks::status)
+            .unwrap_or_default();
+        let peers = peers
+            .into_iter()
+            .map(|p| PeerLink {
+                id: p.id,
+                addr: p.addr,
+                outbound: p.outbound,
+                inbound: p.inbound,
+                reconnects: p.reconnects,
+                messages_out: p.messages_out,
+                messages_in: p.messages_in,
+                bytes_out: p.bytes_out,
+                bytes_in: p.bytes_in,
+                queued: p.queued,
+                last_error: p.last_error,
+            })
+            .collect();
         self.read(|v| {
             let healthy_nodes = v.members.iter().filter(|m| m.online).count();
             let status = match (&v.leader, healthy_nodes == v.members.len()) {
@@ -148,6 +243,7 @@ impl ClusterView {
                         ..m.clone()
                     })
                     .collect(),
+                peers,
             }
         })
     }
@@ -229,7 +325,7 @@ mod tests {
 
     #[test]
     fn single_node_leads_and_is_healthy() {
-        let view = ClusterView::new(&settings(""));
+        let view = ClusterView::new(&settings(""), None);
         assert!(view.is_single());
         assert_eq!(view.health().status, "unhealthy");
         view.set_leader(Some(NodeId::parse("node-a").unwrap()), 3);
@@ -244,7 +340,10 @@ mod tests {
 
     #[test]
     fn missing_peer_degrades_and_no_leader_is_unhealthy() {
-        let view = ClusterView::new(&settings("{ id = \"node-b\", mqtt = \"127.0.0.1:1884\" }"));
+        let view = ClusterView::new(
+            &settings("{ id = \"node-b\", mqtt = \"127.0.0.1:1884\" }"),
+            None,
+        );
         assert!(!view.is_single());
         let h = view.health();
         assert_eq!(
@@ -254,5 +353,13 @@ mod tests {
         assert!(!h.is_serving());
         view.set_leader(Some(NodeId::parse("node-a").unwrap()), 1);
         assert_eq!(view.health().status, "degraded");
+        view.update_member(
+            "node-b",
+            MemberUpdate {
+                online: true,
+                ..MemberUpdate::default()
+            },
+        );
+        assert_eq!(view.health().status, "healthy");
     }
 }

@@ -23,6 +23,8 @@ const DEFAULT_TOPIC_PREFIX: &str = "roost";
 const DEFAULT_MAX_CONNECTIONS: usize = 1000;
 const DEFAULT_MAX_PACKET_SIZE: usize = 1024 * 1024;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(200);
+const DEFAULT_MISSED_HEARTBEATS: u32 = 5;
 const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_SESSION_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
 const DEFAULT_MAX_QUEUED_MESSAGES: usize = 1000;
@@ -320,6 +322,12 @@ pub struct ClusterSettings {
     /// `cluster.peers`: the other members, never this node itself, ids unique. Default empty
     /// (a cluster of one).
     pub peers: Vec<PeerSettings>,
+    /// `cluster.heartbeat_interval`: how often each node says it is alive. Default 200 ms.
+    pub heartbeat_interval: Duration,
+    /// `cluster.missed_heartbeats`: a member is down after this many intervals unheard, and
+    /// a dead leader is replaced a little after that (docs/cluster.md). Default 5 (1 s);
+    /// 2 to 100.
+    pub missed_heartbeats: u32,
 }
 
 impl Default for ClusterSettings {
@@ -327,6 +335,8 @@ impl Default for ClusterSettings {
         ClusterSettings {
             name: DEFAULT_CLUSTER_NAME.to_owned(),
             peers: Vec::new(),
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            missed_heartbeats: DEFAULT_MISSED_HEARTBEATS,
         }
     }
 }
@@ -517,6 +527,8 @@ struct ClusterConfig {
     name: Option<Spanned<String>>,
     #[serde(default)]
     peers: Vec<Spanned<PeerConfig>>,
+    heartbeat_interval: Option<Spanned<String>>,
+    missed_heartbeats: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -942,7 +954,23 @@ impl ClusterConfig {
                 peers.push(PeerSettings { id, mqtt });
             }
         }
-        ClusterSettings { name, peers }
+        let heartbeat_interval = v.positive_duration(
+            "cluster.heartbeat_interval",
+            self.heartbeat_interval,
+            DEFAULT_HEARTBEAT_INTERVAL,
+        );
+        let missed_heartbeats = v.ranged(
+            "cluster.missed_heartbeats",
+            self.missed_heartbeats,
+            2..=100,
+            DEFAULT_MISSED_HEARTBEATS as usize,
+        ) as u32;
+        ClusterSettings {
+            name,
+            peers,
+            heartbeat_interval,
+            missed_heartbeats,
+        }
     }
 }
 
@@ -1030,6 +1058,8 @@ listen = "[::1]:8081"
 
 [cluster]
 name = "attic_2"
+heartbeat_interval = "250ms"
+missed_heartbeats = 6
 peers = [
   { id = "node-b", mqtt = "127.0.0.1:1885" },
   { id = "node-c", mqtt = "pi-kitchen.local:1883" },
@@ -1087,6 +1117,8 @@ enabled = true
                         },
                     },
                 ],
+                heartbeat_interval: Duration::from_millis(250),
+                missed_heartbeats: 6,
             },
             log: LogSettings {
                 level: "roost=debug,info".to_owned(),

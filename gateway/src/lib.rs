@@ -6,6 +6,8 @@
 //! - `config`: the TOML file, validated into `Settings` with `FILE:LINE:COL` errors;
 //! - `state`: the redb state store, one writer with group commit, ready to replicate;
 //! - `cluster`, `topics`: the cluster view (members, leader, term) and every topic name;
+//! - `lease`, `coordinator`: the leader lease as a pure state machine, and the task that
+//!   runs it over MQTT with heartbeats, membership and cluster events;
 //! - `http`: `/health`, `/metrics`, the dashboard and its JSON API;
 //! - `telemetry`, `logging`: the Prometheus registry and tracing;
 //! - `demo`: the simulated devices of the no-argument mode;
@@ -15,8 +17,10 @@ pub mod app;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod coordinator;
 pub mod demo;
 pub mod http;
+pub mod lease;
 pub mod logging;
 pub mod state;
 pub mod status;

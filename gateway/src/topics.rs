@@ -18,6 +18,32 @@ impl Topics {
         }
     }
 
+    /// `<prefix>/<cluster>/nodes/+/status`: every member's status.
+    pub fn node_statuses(&self) -> String {
+        format!("{}/nodes/+/status", self.root)
+    }
+
+    /// `<prefix>/<cluster>/leader`: retained, the lease holder and its term.
+    pub fn leader(&self) -> String {
+        format!("{}/leader", self.root)
+    }
+
+    /// `$<prefix>/<cluster>/heartbeat/<node>`: a member's heartbeats (a `$` topic, so `#`
+    /// subscriptions of people debugging do not drown in them).
+    pub fn heartbeat(&self, node: &NodeId) -> String {
+        format!("${}/heartbeat/{node}", self.root)
+    }
+
+    /// `$<prefix>/<cluster>/heartbeat/+`: every member's heartbeats.
+    pub fn heartbeats(&self) -> String {
+        format!("${}/heartbeat/+", self.root)
+    }
+
+    /// `$<prefix>/<cluster>/lease`: vote requests, votes and resignations.
+    pub fn lease(&self) -> String {
+        format!("${}/lease", self.root)
+    }
+
     /// `<prefix>/<cluster>/nodes/<node>/status`: retained `online` / `offline`.
     pub fn node_status(&self, node: &NodeId) -> String {
         format!("{}/nodes/{node}/status", self.root)
@@ -44,6 +70,11 @@ mod tests {
         let n = NodeId::parse("node-a").unwrap();
         assert_eq!(t.node_status(&n), "roost/home/nodes/node-a/status");
         assert_eq!(t.events(), "roost/home/events");
+        assert_eq!(t.leader(), "roost/home/leader");
+        assert_eq!(t.heartbeat(&n), "$roost/home/heartbeat/node-a");
+        assert_eq!(t.heartbeats(), "$roost/home/heartbeat/+");
+        assert_eq!(t.lease(), "$roost/home/lease");
+        assert_eq!(t.node_statuses(), "roost/home/nodes/+/status");
         assert_eq!(
             t.device(&n, "demo-relay", "set"),
             "roost/home/devices/node-a/demo-relay/set"
