@@ -40,6 +40,13 @@ impl Timing {
     fn election_timeout(&self, jitter: f64) -> Duration {
         self.down_after + self.heartbeat + self.down_after.mul_f64(0.25 * jitter)
     }
+
+    /// How long a candidate waits for a majority before it stands again in a new term:
+    /// one heartbeat and up to half of `down_after`, spread so two candidates that split
+    /// the vote do not split it again.
+    fn retry(&self, jitter: f64) -> Duration {
+        self.heartbeat + self.down_after.mul_f64(0.5 * jitter)
+    }
 }
 
 /// A node's role in the current term.
@@ -424,6 +431,8 @@ impl Lease {
                     return actions;
                 }
                 self.term += 1;
+                // A split vote is retried soon, at spread-out times.
+                self.stand_at = now + self.timing.retry(jitter);
                 self.role = Role::Candidate;
                 self.leader = None;
                 self.leader_heard = None;

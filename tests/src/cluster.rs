@@ -48,6 +48,12 @@ fn loopback_ip(salt: u32) -> Ipv4Addr {
     Ipv4Addr::new(127, a.clamp(1, 254), b, c.clamp(2, 253))
 }
 
+/// A loopback address no other test uses (a random `127.x.y.z`, port [`MQTT_PORT`]), for a
+/// node whose address must be known before it starts.
+pub fn free_loopback_addr() -> SocketAddr {
+    SocketAddr::new(loopback_ip(std::process::id()).into(), MQTT_PORT)
+}
+
 impl Cluster {
     /// Members `node-a`, `node-b`, ... of a cluster named `test`, not yet started.
     pub fn new(size: usize) -> Cluster {
@@ -119,6 +125,7 @@ impl Cluster {
         let node = Node::builder(&member.id)
             .listen(member.mqtt)
             .data_dir(&member.data_dir)
+            .log_file(&self.log_path(i))
             .config(&self.cluster_section(i))
             .config(&self.extra)
             .start();
@@ -160,6 +167,16 @@ impl Cluster {
             .collect()
     }
 
+    /// Member `i`'s log file, every run of it appended.
+    pub fn log_path(&self, i: usize) -> PathBuf {
+        self._dir.path().join(format!("{}.log", self.members[i].id))
+    }
+
+    /// Member `i`'s logs so far, every run of it.
+    pub fn logs(&self, i: usize) -> String {
+        std::fs::read_to_string(self.log_path(i)).unwrap_or_default()
+    }
+
     /// Member `i`'s id.
     pub fn id(&self, i: usize) -> &str {
         &self.members[i].id
@@ -181,6 +198,16 @@ impl Cluster {
     /// Waits until every member in `among` reports the same leader and term in `/health`,
     /// with all of `among` seen online, and returns (leader index, term).
     pub fn wait_agreed_leader(&self, among: &[usize], limit: Duration) -> (usize, u64) {
+        self.wait_agreed_leader_beyond(among, 0, limit)
+    }
+
+    /// [`Cluster::wait_agreed_leader`], for a term above `term` (a new leader).
+    pub fn wait_agreed_leader_beyond(
+        &self,
+        among: &[usize],
+        term: u64,
+        limit: Duration,
+    ) -> (usize, u64) {
         let deadline = Instant::now() + limit;
         loop {
             let views: Vec<(Option<String>, u64, u64)> = among
@@ -197,9 +224,10 @@ impl Cluster {
             let first = &views[0];
             if let (Some(leader), true) = (
                 &first.0,
-                views
-                    .iter()
-                    .all(|v| v.0 == first.0 && v.1 == first.1 && v.2 >= among.len() as u64),
+                first.1 > term
+                    && views
+                        .iter()
+                        .all(|v| v.0 == first.0 && v.1 == first.1 && v.2 >= among.len() as u64),
             ) {
                 return (self.index_of(leader), first.1);
             }

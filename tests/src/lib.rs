@@ -63,6 +63,8 @@ pub struct NodeBuilder {
     ip: std::net::IpAddr,
     /// The MQTT port; 0 lets the OS pick.
     mqtt_port: u16,
+    /// Where stderr goes (appended), instead of a file in the node's temp dir.
+    log_file: Option<PathBuf>,
 }
 
 /// A running `roost` process and its temp dir.
@@ -93,6 +95,7 @@ impl Node {
             demo: false,
             ip: std::net::Ipv4Addr::LOCALHOST.into(),
             mqtt_port: 0,
+            log_file: None,
         }
     }
 }
@@ -117,6 +120,13 @@ impl NodeBuilder {
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.ip = addr.ip();
         self.mqtt_port = addr.port();
+        self
+    }
+
+    /// Appends the node's stderr (its logs) to `path`, which outlives the node: a cluster
+    /// keeps one log per member across restarts.
+    pub fn log_file(mut self, path: &Path) -> Self {
+        self.log_file = Some(path.to_owned());
         self
     }
 
@@ -147,14 +157,21 @@ impl NodeBuilder {
         }
         toml.push_str(&self.extra);
         std::fs::write(&config, toml).expect("the node config is writable in its temp dir");
-        let stderr_path = dir.path().join("stderr.log");
-        let stderr = std::fs::File::create(&stderr_path)
-            .expect("the stderr log is creatable in the temp dir");
+        let stderr_path = self
+            .log_file
+            .clone()
+            .unwrap_or_else(|| dir.path().join("stderr.log"));
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr_path)
+            .expect("the stderr log is creatable");
         let mut child = ChildGuard(
             Command::new(roost_bin())
                 .args(["run", "--config"])
                 .arg(&config)
                 .env("RUST_LOG", "info")
+                .env("NO_COLOR", "1")
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(stderr)

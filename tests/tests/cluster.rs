@@ -1,0 +1,474 @@
+//! The cluster with real `roost` processes on loopback (each member on its own 127.x.y.z):
+//! messages cross the mesh exactly once at QoS 0 and 1 in 3- and 5-node meshes, retained
+//! messages and deletes reach a member that was down, a killed leader is replaced (20 times,
+//! never two leaders in one term), a clean stop hands the lease over, and bad peers are
+//! refused with a log line and a metric while the cluster keeps working.
+//!
+//! The partition test, which needs network namespaces, is in `partition.rs`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use roost_tests::cluster::Cluster;
+use roost_tests::{MosquittoSub, Node, EVENT_TIMEOUT};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+/// A subscriber on `addr` that counts every payload it receives on `filter`, until `expected`
+/// distinct payloads arrived and nothing more came for a moment (so a duplicate arriving
+/// late is still counted), or the deadline passes.
+struct Counter {
+    counts: std::sync::mpsc::Receiver<HashMap<String, usize>>,
+}
+
+impl Counter {
+    /// Subscribes and returns once the SUBACK arrived.
+    fn start(
+        addr: SocketAddr,
+        client_id: &str,
+        filter: &str,
+        qos: QoS,
+        expected: usize,
+    ) -> Counter {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (counts_tx, counts) = std::sync::mpsc::channel();
+        let (client_id, filter) = (client_id.to_owned(), filter.to_owned());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            runtime.block_on(async move {
+                let mut options = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+                options.set_max_packet_size(1 << 20, 1 << 20);
+                options.set_inflight(100);
+                let (client, mut events) = AsyncClient::new(options, 1000);
+                client
+                    .subscribe(&filter, qos)
+                    .await
+                    .expect("subscribe is queued");
+                let mut counts: HashMap<String, usize> = HashMap::new();
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                // Once everything arrived, wait this long for duplicates.
+                let settle = Duration::from_millis(500);
+                loop {
+                    let limit = if counts.len() >= expected {
+                        settle
+                    } else {
+                        deadline.saturating_duration_since(tokio::time::Instant::now())
+                    };
+                    match tokio::time::timeout(limit, events.poll()).await {
+                        Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => {
+                            let _ = ready_tx.send(());
+                        }
+                        Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                            *counts
+                                .entry(String::from_utf8_lossy(&p.payload).into_owned())
+                                .or_default() += 1;
+                        }
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => panic!("subscriber on {addr}: {e}"),
+                        Err(_) => break,
+                    }
+                }
+                let _ = counts_tx.send(counts);
+            });
+        });
+        ready_rx
+            .recv_timeout(EVENT_TIMEOUT)
+            .expect("the subscriber got its SUBACK");
+        Counter { counts }
+    }
+
+    /// What it counted.
+    fn finish(self) -> HashMap<String, usize> {
+        self.counts
+            .recv_timeout(Duration::from_secs(90))
+            .expect("the subscriber finished")
+    }
+}
+
+/// Publishes `payloads` on `topic` at `qos` to `addr`, waiting for every PUBACK at QoS 1.
+fn publish_all(addr: SocketAddr, client_id: &str, topic: &str, qos: QoS, payloads: Vec<String>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(async move {
+        let mut options = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+        options.set_inflight(100);
+        let (client, mut events) = AsyncClient::new(options, 1000);
+        let total = payloads.len();
+        let topic = topic.to_owned();
+        let sender = tokio::spawn(async move {
+            for p in payloads {
+                client
+                    .publish(&topic, qos, false, p)
+                    .await
+                    .expect("publish is queued");
+            }
+            client
+        });
+        let mut acked = 0;
+        let mut sent = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while (qos == QoS::AtLeastOnce && acked < total) || (qos == QoS::AtMostOnce && sent < total)
+        {
+            match tokio::time::timeout_at(deadline, events.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+                Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Publish(_)))) => sent += 1,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("publisher on {addr}: {e}"),
+                Err(_) => panic!("publisher on {addr}: {acked} acked, {sent} sent of {total}"),
+            }
+        }
+        let client = sender.await.expect("the sender finished");
+        client.disconnect().await.expect("disconnect is queued");
+        // Flush the DISCONNECT.
+        let _ = tokio::time::timeout(Duration::from_secs(1), events.poll()).await;
+    });
+}
+
+/// Publishes `per_node` messages from every member (payload `<member>-<n>`) and checks that
+/// a subscriber on every member received each of them exactly once.
+fn exactly_once(cluster: &Cluster, qos: QoS, per_node: usize, tag: &str) {
+    let members = cluster.running();
+    let total = per_node * members.len();
+    let topic = format!("mesh/{tag}");
+    let counters: Vec<Counter> = members
+        .iter()
+        .map(|&i| {
+            Counter::start(
+                cluster.mqtt(i),
+                &format!("sub-{tag}-{i}"),
+                &topic,
+                qos,
+                total,
+            )
+        })
+        .collect();
+    std::thread::scope(|scope| {
+        for &i in &members {
+            let topic = topic.clone();
+            let payloads = (0..per_node)
+                .map(|n| format!("{}-{n}", cluster.id(i)))
+                .collect();
+            let addr = cluster.mqtt(i);
+            scope
+                .spawn(move || publish_all(addr, &format!("pub-{tag}-{i}"), &topic, qos, payloads));
+        }
+    });
+    for (counter, &i) in counters.into_iter().zip(&members) {
+        let counts = counter.finish();
+        let missing: Vec<String> = members
+            .iter()
+            .flat_map(|&j| (0..per_node).map(move |n| (j, n)))
+            .map(|(j, n)| format!("{}-{n}", cluster.id(j)))
+            .filter(|p| !counts.contains_key(p))
+            .collect();
+        let duplicated: Vec<(&String, &usize)> = counts.iter().filter(|(_, c)| **c > 1).collect();
+        assert!(
+            missing.is_empty() && duplicated.is_empty() && counts.len() == total,
+            "subscriber on {}: {} of {total} received, {} missing (first {:?}), {} duplicated (first {:?})",
+            cluster.id(i),
+            counts.len(),
+            missing.len(),
+            missing.first(),
+            duplicated.len(),
+            duplicated.first()
+        );
+    }
+}
+
+#[test]
+fn ten_thousand_messages_cross_a_three_node_mesh_exactly_once_at_qos_0_and_1() {
+    let cluster = Cluster::new(3).start();
+    exactly_once(&cluster, QoS::AtLeastOnce, 3_334, "q1");
+    exactly_once(&cluster, QoS::AtMostOnce, 3_334, "q0");
+    // Nothing was resent as a duplicate on healthy links.
+    for i in 0..3 {
+        for j in (0..3).filter(|&j| j != i) {
+            let series = format!(
+                "roost_cluster_peer_duplicates_total{{peer=\"{}\"}}",
+                cluster.id(j)
+            );
+            assert_eq!(
+                cluster.node(i).metric(&series),
+                0.0,
+                "{series} on {}",
+                cluster.id(i)
+            );
+        }
+    }
+}
+
+#[test]
+fn a_five_node_mesh_delivers_every_message_once_to_every_node() {
+    let cluster = Cluster::new(5).start();
+    exactly_once(&cluster, QoS::AtLeastOnce, 400, "five");
+}
+
+/// The retained messages `filter` matches on member `i`, as `topic payload` lines.
+fn retained_on(cluster: &Cluster, i: usize, filter: &str) -> Vec<String> {
+    let addr = cluster.mqtt(i);
+    let out = std::process::Command::new("mosquitto_sub")
+        .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .args(["-t", filter, "-v", "--retained-only", "-W", "1"])
+        .output()
+        .expect("mosquitto_sub is installed");
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn retained_messages_and_deletes_reach_a_member_that_was_down() {
+    let mut cluster = Cluster::new(3).start();
+    let pub_on = |cluster: &Cluster, i: usize, topic: &str, payload: &str| {
+        let addr = cluster.mqtt(i);
+        let status = std::process::Command::new("mosquitto_pub")
+            .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+            .args(["-t", topic, "-r", "-q", "1"])
+            .args(if payload.is_empty() {
+                vec!["-n"]
+            } else {
+                vec!["-m", payload]
+            })
+            .status()
+            .expect("mosquitto_pub is installed");
+        assert!(status.success());
+    };
+    // Set on one member, seen on another.
+    pub_on(&cluster, 0, "house/old", "stale");
+    let mut watch = MosquittoSub::start(cluster.node(2), &["-t", "house/old"]);
+    watch.expect_message("house/old", "stale");
+    drop(watch);
+    cluster.kill(2);
+    // While node-c is down: a new retained message on node-a, a delete on node-b.
+    pub_on(&cluster, 0, "house/new", "fresh");
+    let mut deleted = MosquittoSub::start(cluster.node(0), &["-t", "house/old"]);
+    pub_on(&cluster, 1, "house/old", "");
+    deleted.wait_for(|l| l == "house/old (null)", "the delete on node-a");
+    cluster.start_member(2);
+    // node-c merges the others' sets when its links open: the new message arrives and the
+    // deleted one goes (its own stale copy is older than the delete).
+    let mut live = MosquittoSub::start(cluster.node(2), &["-t", "house/#"]);
+    live.wait_for(
+        |l| l == "house/new fresh",
+        "house/new on the restarted member",
+    );
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let now = retained_on(&cluster, 2, "house/#");
+        if now == ["house/new fresh"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node-c still serves {now:?}");
+    }
+    // And node-c's stale copy did not come back anywhere.
+    for i in 0..3 {
+        assert_eq!(
+            retained_on(&cluster, i, "house/#"),
+            ["house/new fresh"],
+            "on {}",
+            cluster.id(i)
+        );
+    }
+}
+
+/// `(term, leader)` of every `elected leader` line in the members' logs.
+fn elections(cluster: &Cluster, members: usize) -> Vec<(u64, String)> {
+    let mut all = Vec::new();
+    for i in 0..members {
+        for line in cluster.logs(i).lines() {
+            let plain = strip_ansi(line);
+            if !plain.contains("elected leader") {
+                continue;
+            }
+            let term = plain
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("term="))
+                .and_then(|t| t.parse().ok())
+                .expect("an election line names its term");
+            all.push((term, cluster.id(i).to_owned()));
+        }
+    }
+    all
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_killed_leader_is_replaced_twenty_times_never_two_leaders_in_a_term() {
+    let mut cluster = Cluster::new(3).start();
+    let mut failovers = Vec::new();
+    for round in 0..20 {
+        let (leader, term) = cluster.wait_agreed_leader(&[0, 1, 2], EVENT_TIMEOUT);
+        let survivors: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+        let killed = Instant::now();
+        cluster.kill(leader);
+        let (new_leader, new_term) =
+            cluster.wait_agreed_leader_beyond(&survivors, term, EVENT_TIMEOUT);
+        failovers.push(killed.elapsed());
+        assert!(
+            new_term > term,
+            "round {round}: term {new_term} after {term}"
+        );
+        assert_ne!(new_leader, leader);
+        cluster.start_member(leader);
+    }
+    cluster.wait_agreed_leader(&[0, 1, 2], EVENT_TIMEOUT);
+    // Every election in every member's log: one leader per term.
+    let mut by_term: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for (term, leader) in elections(&cluster, 3) {
+        by_term.entry(term).or_default().push(leader);
+    }
+    assert!(by_term.len() >= 21, "elections: {by_term:?}");
+    for (term, leaders) in &by_term {
+        assert_eq!(leaders.len(), 1, "term {term} had leaders {leaders:?}");
+    }
+    failovers.sort();
+    let ms = |d: &Duration| d.as_millis();
+    let line = format!(
+        "failover (kill -9 to new leader agreed), 20 runs: min {} ms, median {} ms, p90 {} ms, max {} ms",
+        ms(&failovers[0]),
+        ms(&failovers[10]),
+        ms(&failovers[17]),
+        ms(&failovers[19])
+    );
+    println!("{line}");
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+#[test]
+fn a_leader_that_stops_cleanly_hands_the_lease_over_at_once() {
+    let mut cluster = Cluster::new(3).start();
+    let (leader, term) = cluster.wait_agreed_leader(&[0, 1, 2], EVENT_TIMEOUT);
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let mut events = MosquittoSub::start(
+        cluster.node(survivors[0]),
+        &["-t", &format!("roost/{}/events", cluster.name)],
+    );
+    cluster.stop(leader);
+    let elected = events.wait_for(|l| l.contains("\"leader_elected\""), "leader_elected");
+    let (new_leader, new_term) = cluster.wait_agreed_leader_beyond(&survivors, term, EVENT_TIMEOUT);
+    assert!(elected.contains(cluster.id(new_leader)), "{elected}");
+    // The stopped leader said goodbye itself; the new leader did not need its lease to expire.
+    let logs = cluster.logs(new_leader);
+    assert!(logs.contains("elected leader"), "{logs}");
+}
+
+/// Waits until `series` on `node` is at least 1.
+fn wait_metric(node: &Node, series: &str) {
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    while node.metric(series) < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "{series} stayed 0 on {}",
+            node.id
+        );
+        // A metric is state, not an event; it is polled.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn bad_peers_are_refused_with_a_log_line_and_a_metric_and_the_cluster_keeps_working() {
+    let cluster = Cluster::new(2).start();
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    // A peer that speaks garbage after the preamble.
+    let mut garbage = std::net::TcpStream::connect(a.mqtt).expect("connect to node-a");
+    garbage
+        .write_all(b"\0ROOST/1\0\0\0\x05\x63junk")
+        .expect("write garbage");
+    wait_metric(
+        a,
+        "roost_cluster_links_refused_total{direction=\"in\",reason=\"protocol\"}",
+    );
+    // A node of another cluster.
+    let stranger = Node::builder("node-x")
+        .config(&format!(
+            "[cluster]\nname = \"elsewhere\"\npeers = [ {{ id = \"node-a\", mqtt = \"{}\" }} ]\n",
+            a.mqtt
+        ))
+        .start();
+    wait_metric(
+        a,
+        "roost_cluster_links_refused_total{direction=\"in\",reason=\"wrong_cluster\"}",
+    );
+    wait_metric(
+        &stranger,
+        "roost_cluster_links_refused_total{direction=\"out\",reason=\"wrong_cluster\"}",
+    );
+    // A node whose peer list names its own address.
+    let lonely_addr = roost_tests::cluster::free_loopback_addr();
+    let lonely = Node::builder("node-y")
+        .listen(lonely_addr)
+        .config(&format!(
+            "[cluster]\nname = \"{}\"\npeers = [ {{ id = \"node-z\", mqtt = \"{lonely_addr}\" }} ]\n",
+            cluster.name
+        ))
+        .start();
+    wait_metric(
+        &lonely,
+        "roost_cluster_links_refused_total{direction=\"in\",reason=\"self\"}",
+    );
+    wait_metric(
+        &lonely,
+        "roost_cluster_links_refused_total{direction=\"out\",reason=\"self\"}",
+    );
+    // A second process calling itself node-a.
+    let twin = Node::builder("node-a")
+        .config(&format!(
+            "[cluster]\nname = \"{}\"\npeers = [ {{ id = \"node-b\", mqtt = \"{}\" }} ]\n",
+            cluster.name, b.mqtt
+        ))
+        .start();
+    wait_metric(
+        b,
+        "roost_cluster_links_refused_total{direction=\"in\",reason=\"duplicate_node\"}",
+    );
+    wait_metric(
+        &twin,
+        "roost_cluster_links_refused_total{direction=\"out\",reason=\"duplicate_node\"}",
+    );
+    // Each refusal was logged where it happened.
+    for (node, words) in [
+        (a, "reason=\"protocol\""),
+        (a, "reason=\"wrong_cluster\""),
+        (&lonely, "reason=\"self\""),
+        (b, "reason=\"duplicate_node\""),
+    ] {
+        let logs = strip_ansi(&node.logs());
+        assert!(
+            logs.lines()
+                .any(|l| l.contains("peer link refused") && l.contains(words)),
+            "{} logged no refusal with {words}:\n{logs}",
+            node.id
+        );
+    }
+    // The cluster kept its leader and still carries messages both ways.
+    cluster.wait_agreed_leader(&[0, 1], EVENT_TIMEOUT);
+    let mut on_b = MosquittoSub::start(b, &["-t", "still/works"]);
+    roost_tests::mosquitto_pub(a, &["-t", "still/works", "-m", "yes", "-q", "1"]);
+    on_b.expect_message("still/works", "yes");
+}
