@@ -433,7 +433,7 @@ impl Retained {
         }
         for topic in old {
             self.write_if(&topic, None, |sets| {
-                sets.messages.get(&*topic).is_none()
+                !sets.messages.contains_key(&*topic)
                     && sets
                         .tombstones
                         .get(&*topic)
