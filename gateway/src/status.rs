@@ -72,6 +72,8 @@ struct Health {
     version: String,
     #[serde(default)]
     members: Vec<Member>,
+    #[serde(default)]
+    peers: Vec<PeerLink>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,6 +81,25 @@ struct Member {
     id: String,
     online: bool,
     role: String,
+    #[serde(default, rename = "self")]
+    is_self: bool,
+    #[serde(default)]
+    last_heartbeat_ms: Option<u64>,
+    #[serde(default)]
+    term: Option<u64>,
+    #[serde(default)]
+    version: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PeerLink {
+    id: String,
+    outbound: String,
+    inbound: bool,
+    #[serde(default)]
+    reconnects: u64,
+    #[serde(default)]
+    queued: u64,
 }
 
 /// Fetches `<base>/health` and prints it for a person.
@@ -108,9 +129,49 @@ pub fn run(base: &str) -> Result<(), StatusError> {
         h.version,
         human_duration(h.uptime_seconds)
     );
+    println!(
+        "  {:<20} {:<8} {:<9} {:>9} {:>6} {:<8} {:<10} {:<8} {:>10} {:>7}",
+        "NODE",
+        "STATE",
+        "ROLE",
+        "HEARD",
+        "TERM",
+        "VERSION",
+        "LINK OUT",
+        "LINK IN",
+        "RECONNECTS",
+        "QUEUED"
+    );
     for m in &h.members {
         let state = if m.online { "online" } else { "offline" };
-        println!("  {:<32} {:<8} {}", m.id, state, m.role);
+        let heard = match (m.is_self, m.last_heartbeat_ms) {
+            (true, _) => "self".to_owned(),
+            (false, Some(ms)) => format!("{ms} ms"),
+            (false, None) => "never".to_owned(),
+        };
+        let term = m
+            .term
+            .or(m.is_self.then_some(h.term))
+            .map_or_else(|| "-".to_owned(), |t| t.to_string());
+        let version = m
+            .version
+            .clone()
+            .or(m.is_self.then(|| h.version.clone()))
+            .unwrap_or_else(|| "-".to_owned());
+        let link = h.peers.iter().find(|p| p.id == m.id);
+        let (out, inb, reconnects, queued) = match link {
+            Some(p) => (
+                p.outbound.clone(),
+                if p.inbound { "up" } else { "down" }.to_owned(),
+                p.reconnects.to_string(),
+                p.queued.to_string(),
+            ),
+            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+        };
+        println!(
+            "  {:<20} {:<8} {:<9} {:>9} {:>6} {:<8} {:<10} {:<8} {:>10} {:>7}",
+            m.id, state, m.role, heard, term, version, out, inb, reconnects, queued
+        );
     }
     Ok(())
 }
