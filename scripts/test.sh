@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every Roost test on a Debian-like machine with a Rust toolchain: installs what the tests
-# need when it is missing (mosquitto-clients, chromium), then checks formatting and lints, builds the
+# need when it is missing (mosquitto-clients, chromium, iproute2, curl), then checks formatting and lints, builds the
 # binaries the end-to-end tests start, and runs all tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,9 @@ missing=()
 { command -v mosquitto_pub && command -v mosquitto_sub; } >/dev/null 2>&1 || missing+=(mosquitto-clients)
 command -v stdbuf >/dev/null 2>&1 || missing+=(coreutils)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# The partition test builds network namespaces (ip) and reads /health inside them (curl).
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 if ((${#missing[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
