@@ -370,7 +370,7 @@ fn a_leader_that_stops_cleanly_hands_the_lease_over_at_once() {
     );
     cluster.stop(leader);
     let elected = events.wait_for(|l| l.contains("\"leader_elected\""), "leader_elected");
-    let (new_leader, new_term) = cluster.wait_agreed_leader_beyond(&survivors, term, EVENT_TIMEOUT);
+    let (new_leader, _) = cluster.wait_agreed_leader_beyond(&survivors, term, EVENT_TIMEOUT);
     assert!(elected.contains(cluster.id(new_leader)), "{elected}");
     // The stopped leader said goodbye itself; the new leader did not need its lease to expire.
     let logs = cluster.logs(new_leader);

@@ -21,8 +21,10 @@
 //!   messages delivered per second between the first publish and the last delivery.
 //!
 //! A run ends when every message arrived, when nothing arrived for 5 s, or after 120 s; it
-//! then reports what it got. After the Roost runs, the nodes' non-zero drop, duplicate and
-//! reconnect counters are printed, to say where missing messages went.
+//! then reports what it got. Under the table, to say where missing messages went: the Roost
+//! nodes' non-zero drop, duplicate, reconnect and peer-message counters, and the Mosquitto
+//! brokers' log lines about dropped messages (Mosquitto queues at most 1,000 QoS 1 messages
+//! per client by default, the bridge included, and drops the rest).
 //!
 //! Panics: a benchmark, not a service; each `expect` names what it needs (a built `roost`,
 //! an installed `mosquitto`, brokers that accept the clients' packets) and stops the run with
@@ -165,6 +167,9 @@ fn main() {
             RUNS.iter().map(|_| Figures::default()).collect()
         }
     };
+    if let Some(m) = &mosquitto {
+        notes.extend(m.drop_notes());
+    }
     drop(mosquitto);
 
     println!(
@@ -423,7 +428,8 @@ async fn run_once(
 struct MosquittoPair {
     ports: [u16; 2],
     _processes: [ChildGuard; 2],
-    _dir: tempfile::TempDir,
+    /// Configs and logs.
+    dir: tempfile::TempDir,
 }
 
 impl MosquittoPair {
@@ -439,10 +445,15 @@ impl MosquittoPair {
                 .expect("a free loopback port")
         };
         let ports = [free_port(), free_port()];
+        // Each logs to its stderr, a file in the temp dir, for its notices of dropped messages
+        // (a file it opened itself would not be writable once it drops root for `mosquitto`).
         let configs = [
-            format!("listener {} 127.0.0.1\nallow_anonymous true\n", ports[0]),
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\n\n\
+                "listener {} 127.0.0.1\nallow_anonymous true\nlog_dest stderr\n",
+                ports[0]
+            ),
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\nlog_dest stderr\n\n\
                  connection bridge-to-1\naddress 127.0.0.1:{}\ntopic bench/# both 1\n\
                  bridge_protocol_version mqttv311\ncleansession true\ntry_private true\n\
                  notifications false\n",
@@ -454,8 +465,24 @@ impl MosquittoPair {
         Some(MosquittoPair {
             ports,
             _processes: [first, second],
-            _dir: dir,
+            dir,
         })
+    }
+
+    /// The brokers' log lines about dropped messages (the default `max_queued_messages` is
+    /// 1,000 per client), each prefixed with its broker.
+    fn drop_notes(&self) -> Vec<String> {
+        (1..=2)
+            .flat_map(|i| {
+                let path = self.dir.path().join(format!("mosquitto-{i}.log"));
+                std::fs::read_to_string(path)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.contains("dropped") || l.contains("Dropp"))
+                    .map(|l| format!("mosquitto {i}: {l}"))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 }
 
@@ -468,7 +495,10 @@ fn spawn_mosquitto(dir: &std::path::Path, i: usize, port: u16, config: &str) -> 
         .arg("-c")
         .arg(&path)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(
+            std::fs::File::create(dir.join(format!("mosquitto-{i}.log")))
+                .expect("the mosquitto log is creatable in its temp dir"),
+        )
         .spawn()
         .ok()?;
     let process = ChildGuard(child);
