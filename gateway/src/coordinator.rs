@@ -298,7 +298,11 @@ impl Task {
             return;
         };
         let status = String::from_utf8_lossy(payload).into_owned();
-        if node == self.setup.node.as_str() && status == "offline" && !self.stopping {
+        let own = node == self.setup.node.as_str();
+        // Its own `offline` from before this start is not news: the start-up announcement
+        // replaces it. Only an `offline` after this run's `online` is answered.
+        let announced = own && self.statuses.get(node).map(String::as_str) == Some("online");
+        if own && announced && status == "offline" && !self.stopping {
             // Reported dead while alive (a partition that healed): say otherwise.
             tracing::info!("this node was reported offline while running; announcing online again");
             let term = self.lease.term();
