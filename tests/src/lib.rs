@@ -14,6 +14,7 @@
 //! environment the caller needs (a binary, a tool, a writable temp dir, a node that answers)
 //! and its message names that precondition; the panic is the calling test's failure report.
 
+pub mod bench;
 pub mod browser;
 pub mod cluster;
 

@@ -39,10 +39,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use roost_tests::bench::client;
 use roost_tests::cluster::Cluster;
 use roost_tests::{ChildGuard, START_TIMEOUT};
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Packet, QoS};
-use tokio::sync::oneshot;
+use rumqttc::QoS;
 
 const PAYLOAD: usize = 64;
 /// Publish rate of the latency run.
@@ -219,46 +219,6 @@ fn cells(f: &Figures) -> String {
         opt(f.per_second),
         count
     )
-}
-
-/// A connected client whose event loop runs on its own task; `on_publish` sees every
-/// delivered payload with its arrival time, and `subscribed` fires on SUBACK.
-fn client(
-    addr: SocketAddr,
-    id: &str,
-    nodelay: bool,
-    on_publish: impl FnMut(&[u8], Instant) + Send + 'static,
-) -> (AsyncClient, oneshot::Receiver<()>) {
-    let mut options = MqttOptions::new(id, addr.ip().to_string(), addr.port());
-    options.set_keep_alive(Duration::from_secs(30));
-    options.set_inflight(100);
-    let (client, mut events) = AsyncClient::new(options, 10_000);
-    let mut network = NetworkOptions::new();
-    network.set_tcp_nodelay(nodelay);
-    events.set_network_options(network);
-    let (subscribed, ready) = oneshot::channel();
-    tokio::spawn(drive(events, on_publish, subscribed));
-    (client, ready)
-}
-
-async fn drive(
-    mut events: EventLoop,
-    mut on_publish: impl FnMut(&[u8], Instant),
-    subscribed: oneshot::Sender<()>,
-) {
-    let mut subscribed = Some(subscribed);
-    loop {
-        match events.poll().await {
-            Ok(Event::Incoming(Packet::Publish(p))) => on_publish(&p.payload, Instant::now()),
-            Ok(Event::Incoming(Packet::SubAck(_))) => {
-                if let Some(tx) = subscribed.take() {
-                    let _ = tx.send(());
-                }
-            }
-            Ok(_) => {}
-            Err(_) => return,
-        }
-    }
 }
 
 /// A payload: kind byte, sequence number, send time (nanoseconds since `epoch`), padded.

@@ -23,8 +23,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use roost_tests::bench::client;
 use roost_tests::{Mosquitto, Node};
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::oneshot;
 
 const PAYLOAD: usize = 64;
@@ -122,46 +123,6 @@ fn print_row(broker: &str, qos: QoS, run: &str, f: &Figures) {
     );
 }
 
-/// A connected client whose event loop runs on its own task; `on_publish` sees every
-/// delivered payload with its arrival time, and `subscribed` fires on SUBACK.
-fn client(
-    port: u16,
-    id: &str,
-    nodelay: bool,
-    on_publish: impl FnMut(&[u8], Instant) + Send + 'static,
-) -> (AsyncClient, oneshot::Receiver<()>) {
-    let mut options = MqttOptions::new(id, "127.0.0.1", port);
-    options.set_keep_alive(Duration::from_secs(30));
-    options.set_inflight(100);
-    let (client, mut events) = AsyncClient::new(options, 10_000);
-    let mut network = NetworkOptions::new();
-    network.set_tcp_nodelay(nodelay);
-    events.set_network_options(network);
-    let (subscribed, ready) = oneshot::channel();
-    tokio::spawn(drive(events, on_publish, subscribed));
-    (client, ready)
-}
-
-async fn drive(
-    mut events: EventLoop,
-    mut on_publish: impl FnMut(&[u8], Instant),
-    subscribed: oneshot::Sender<()>,
-) {
-    let mut subscribed = Some(subscribed);
-    loop {
-        match events.poll().await {
-            Ok(Event::Incoming(Packet::Publish(p))) => on_publish(&p.payload, Instant::now()),
-            Ok(Event::Incoming(Packet::SubAck(_))) => {
-                if let Some(tx) = subscribed.take() {
-                    let _ = tx.send(());
-                }
-            }
-            Ok(_) => {}
-            Err(_) => return,
-        }
-    }
-}
-
 /// A payload carrying the send time (nanoseconds since `epoch`), padded to 64 bytes.
 fn stamped(epoch: Instant) -> Vec<u8> {
     let mut payload = vec![0u8; PAYLOAD];
@@ -175,7 +136,7 @@ async fn latency_run(port: u16, qos: QoS, n: usize, nodelay: bool) -> Figures {
     let (done_tx, done_rx) = oneshot::channel::<Vec<u64>>();
     let mut done_tx = Some(done_tx);
     let mut samples = Vec::with_capacity(n);
-    let (sub, ready) = client(port, "bench-lat-sub", nodelay, move |payload, at| {
+    let (sub, ready) = client(local(port), "bench-lat-sub", nodelay, move |payload, at| {
         if payload.len() >= 8 {
             let sent = u64::from_be_bytes(payload[..8].try_into().unwrap_or_default());
             let now = at.duration_since(epoch).as_nanos() as u64;
@@ -191,7 +152,7 @@ async fn latency_run(port: u16, qos: QoS, n: usize, nodelay: bool) -> Figures {
         .await
         .expect("the broker takes the SUBSCRIBE");
     ready.await.expect("the broker answers SUBACK");
-    let (publisher, _) = client(port, "bench-lat-pub", nodelay, |_, _| {});
+    let (publisher, _) = client(local(port), "bench-lat-pub", nodelay, |_, _| {});
     let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / LATENCY_RATE));
     let sender = async {
         for _ in 0..n {
@@ -240,7 +201,7 @@ impl Counting {
         let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let last_ns = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (count, last) = (received.clone(), last_ns.clone());
-        let (client, ready) = client(port, id, false, move |_, at| {
+        let (client, ready) = client(local(port), id, false, move |_, at| {
             count.fetch_add(1, Ordering::Relaxed);
             last.store(
                 at.duration_since(start).as_nanos() as u64,
@@ -293,7 +254,7 @@ impl Counting {
 
 async fn throughput_run(port: u16, qos: QoS, n: usize) -> Figures {
     let sub = Counting::subscribe(port, "bench-tp-sub", "bench/throughput", qos).await;
-    let (publisher, _) = client(port, "bench-tp-pub", false, |_, _| {});
+    let (publisher, _) = client(local(port), "bench-tp-pub", false, |_, _| {});
     let payload = vec![b'x'; PAYLOAD];
     let first_send = sub.start.elapsed();
     for _ in 0..n {
@@ -347,7 +308,7 @@ async fn retained_run(port: u16, qos: QoS, n: usize) -> Figures {
     let mut done_tx = Some(done_tx);
     let counter = received.clone();
     let id = format!("bench-ret-sub-{}", qos as u8);
-    let (sub, _) = client(port, &id, false, move |_, at| {
+    let (sub, _) = client(local(port), &id, false, move |_, at| {
         if counter.fetch_add(1, Ordering::Relaxed) + 1 == n {
             if let Some(tx) = done_tx.take() {
                 let _ = tx.send(at);
@@ -378,7 +339,12 @@ async fn burst_run(port: u16, publishers: usize, each: usize) -> Figures {
     let sub = Counting::subscribe(port, "bench-burst-sub", "bench/burst/#", QoS::AtLeastOnce).await;
     let first_send = sub.start.elapsed();
     let sends = (0..publishers).map(|p| async move {
-        let (publisher, _) = client(port, &format!("bench-burst-pub-{p}"), false, |_, _| {});
+        let (publisher, _) = client(
+            local(port),
+            &format!("bench-burst-pub-{p}"),
+            false,
+            |_, _| {},
+        );
         let payload = vec![b'b'; PAYLOAD];
         for _ in 0..each {
             publisher
@@ -402,6 +368,11 @@ async fn burst_run(port: u16, publishers: usize, each: usize) -> Figures {
 }
 
 /// Resident and peak resident memory of a process, in MiB.
+/// The loopback address of `port`.
+fn local(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
+}
+
 fn memory_mib(pid: u32) -> (f64, f64) {
     let mib = |field| roost_tests::proc_status(pid, field) as f64 / 1024.0;
     (mib("VmRSS:"), mib("VmHWM:"))

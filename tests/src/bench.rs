@@ -1,0 +1,48 @@
+//! What the benchmarks share: a rumqttc client whose event loop runs on its own task and
+//! hands every delivered payload, with its arrival time, to a callback.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Packet};
+use tokio::sync::oneshot;
+
+/// A client of the broker at `addr` (TCP_NODELAY if `nodelay`); `on_publish` sees every
+/// delivered payload with its arrival time, and the receiver fires on the first SUBACK.
+pub fn client(
+    addr: SocketAddr,
+    id: &str,
+    nodelay: bool,
+    on_publish: impl FnMut(&[u8], Instant) + Send + 'static,
+) -> (AsyncClient, oneshot::Receiver<()>) {
+    let mut options = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_inflight(100);
+    let (client, mut events) = AsyncClient::new(options, 10_000);
+    let mut network = NetworkOptions::new();
+    network.set_tcp_nodelay(nodelay);
+    events.set_network_options(network);
+    let (subscribed, ready) = oneshot::channel();
+    tokio::spawn(drive(events, on_publish, subscribed));
+    (client, ready)
+}
+
+async fn drive(
+    mut events: EventLoop,
+    mut on_publish: impl FnMut(&[u8], Instant),
+    subscribed: oneshot::Sender<()>,
+) {
+    let mut subscribed = Some(subscribed);
+    loop {
+        match events.poll().await {
+            Ok(Event::Incoming(Packet::Publish(p))) => on_publish(&p.payload, Instant::now()),
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                if let Some(tx) = subscribed.take() {
+                    let _ = tx.send(());
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}
