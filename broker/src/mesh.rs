@@ -78,8 +78,8 @@ pub struct MeshPeer {
     pub addr: String,
 }
 
-/// One peer as the mesh sees it, for `/health` and the dashboard.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One peer as the mesh sees it, for `/health` (serialized as is) and the dashboard.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PeerStatus {
     /// The peer's node id.
     pub id: String,
@@ -91,7 +91,7 @@ pub struct PeerStatus {
     pub inbound: bool,
     /// Links to it opened after the first.
     pub reconnects: u64,
-    /// Messages sent to it and received from it.
+    /// Messages sent to it.
     pub messages_out: u64,
     /// Messages received from it.
     pub messages_in: u64,

@@ -7,7 +7,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use roost_broker::PeerLinks;
+use roost_broker::{PeerLinks, PeerStatus};
 use serde::Serialize;
 
 use crate::config::{NodeId, Settings};
@@ -71,33 +71,6 @@ pub struct MemberUpdate {
     pub version: Option<String>,
 }
 
-/// The link to one peer, in `/health`'s detail.
-#[derive(Debug, Clone, Serialize)]
-pub struct PeerLink {
-    /// The peer.
-    pub id: String,
-    /// Its address.
-    pub addr: String,
-    /// The link from here: `up`, `connecting`, `down`.
-    pub outbound: &'static str,
-    /// Whether its link to here is up.
-    pub inbound: bool,
-    /// Links to it opened after the first.
-    pub reconnects: u64,
-    /// Messages sent to it.
-    pub messages_out: u64,
-    /// Messages received from it.
-    pub messages_in: u64,
-    /// Bytes sent to it.
-    pub bytes_out: u64,
-    /// Bytes received from it.
-    pub bytes_in: u64,
-    /// Messages waiting for its acknowledgement.
-    pub queued: u64,
-    /// Why the last link to it failed.
-    pub last_error: Option<String>,
-}
-
 /// The cluster's health, in the shape of `GET /health` (CONTRACT.md).
 #[derive(Debug, Clone, Serialize)]
 pub struct ClusterHealth {
@@ -118,7 +91,7 @@ pub struct ClusterHealth {
     /// Every member.
     pub members: Vec<Member>,
     /// The broker's link to each peer.
-    pub peers: Vec<PeerLink>,
+    pub peers: Vec<PeerStatus>,
 }
 
 impl ClusterHealth {
@@ -199,22 +172,6 @@ impl ClusterView {
             .as_ref()
             .map(PeerLinks::status)
             .unwrap_or_default();
-        let peers = peers
-            .into_iter()
-            .map(|p| PeerLink {
-                id: p.id,
-                addr: p.addr,
-                outbound: p.outbound,
-                inbound: p.inbound,
-                reconnects: p.reconnects,
-                messages_out: p.messages_out,
-                messages_in: p.messages_in,
-                bytes_out: p.bytes_out,
-                bytes_in: p.bytes_in,
-                queued: p.queued,
-                last_error: p.last_error,
-            })
-            .collect();
         self.read(|v| {
             let healthy_nodes = v.members.iter().filter(|m| m.online).count();
             let status = match (&v.leader, healthy_nodes == v.members.len()) {
