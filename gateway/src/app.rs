@@ -58,6 +58,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
 
 async fn run_node(settings: Settings) -> anyhow::Result<()> {
     let started = Instant::now();
+    let mut stop_signals = StopSignals::install();
     let node = settings.node.id.clone();
     let telemetry = Telemetry::new(node.as_str()).context("registering metrics")?;
     let registry = telemetry.registry().clone();
@@ -192,7 +193,7 @@ async fn run_node(settings: Settings) -> anyhow::Result<()> {
     print_banner(&settings, broker.local_addr(), http_addr, &topics);
 
     let outcome = tokio::select! {
-        signal = shutdown_signal() => {
+        signal = stop_signals.recv() => {
             tracing::info!(signal, "stopping");
             Ok(())
         }
@@ -290,18 +291,42 @@ impl Presence {
     }
 }
 
-/// Resolves with the signal's name on SIGTERM or SIGINT (Ctrl-C).
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = tokio::signal::ctrl_c() => "SIGINT",
-        },
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the node");
-            let _ = tokio::signal::ctrl_c().await;
-            "SIGINT"
+/// SIGTERM and SIGINT (Ctrl-C), watched from the first moment of the node's life so that a
+/// stop signal arriving while the node starts is never lost to the default action.
+struct StopSignals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn install() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        let watch = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(stream) => Some(stream),
+            Err(e) => {
+                tracing::warn!(error = %e, signal = name, "cannot watch this stop signal");
+                None
+            }
+        };
+        Self {
+            term: watch(SignalKind::terminate(), "SIGTERM"),
+            int: watch(SignalKind::interrupt(), "SIGINT"),
+        }
+    }
+
+    /// Resolves with the signal's name once either arrives.
+    async fn recv(&mut self) -> &'static str {
+        async fn next(stream: &mut Option<tokio::signal::unix::Signal>) {
+            match stream {
+                Some(stream) => {
+                    stream.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            _ = next(&mut self.term) => "SIGTERM",
+            _ = next(&mut self.int) => "SIGINT",
         }
     }
 }

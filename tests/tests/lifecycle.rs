@@ -99,11 +99,13 @@ fn no_arguments_runs_the_defaults() {
         );
     }
     let cwd = tempfile::tempdir().unwrap();
+    let log = tempfile::NamedTempFile::new().unwrap();
     let mut child = ChildGuard(
         Command::new(roost_bin())
             .current_dir(cwd.path())
+            .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(log.reopen().unwrap())
             .spawn()
             .unwrap(),
     );
@@ -121,5 +123,9 @@ fn no_arguments_runs_the_defaults() {
     assert_eq!(health["node"], expected.as_str());
     roost_tests::signal(child.0.id(), "TERM");
     let status = roost_tests::wait_exit(&mut child.0, Duration::from_secs(5)).expect("stops");
-    assert!(status.success());
+    assert!(
+        status.success(),
+        "exit status {status:?}\n{}",
+        std::fs::read_to_string(log.path()).unwrap()
+    );
 }
