@@ -22,6 +22,7 @@
 //! docs/broker.md explains the design and which rumqttd defect each part answers.
 
 mod auth;
+mod backoff;
 mod client;
 mod codec;
 mod edge;
@@ -47,6 +48,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use auth::{AllowAll, Authorizer, ClientInfo};
+pub use backoff::Backoff;
 pub use client::{validate_filter, validate_topic, BrokerClient, Message, Subscription};
 pub use error::{Error, Result};
 pub use mesh::{MeshPeer, MeshSettings, PeerStatus};

@@ -16,7 +16,6 @@
 mod wire;
 
 use std::collections::VecDeque;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -30,6 +29,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::backoff::Backoff;
 use crate::envelope::{Origin, Publication};
 use crate::intake::Intake;
 use crate::retained::Entry;
@@ -349,7 +349,7 @@ impl Mesh {
         Ok(Mesh {
             node: node.into(),
             cluster: settings.cluster.clone(),
-            incarnation: incarnation(),
+            incarnation: crate::backoff::random_u64(),
             peers,
             intake,
             seq: AtomicU64::new(0),
@@ -442,7 +442,7 @@ impl Mesh {
     /// Keeps a link to `peer` open until shutdown, reconnecting with capped, jittered
     /// exponential backoff.
     async fn dial_loop(self: Arc<Self>, peer: Arc<Peer>) {
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         let mut opened_before = false;
         let mut last_error = String::new();
         loop {
@@ -459,8 +459,7 @@ impl Mesh {
                 tracing::debug!(peer = %peer.id, %error, "link to peer still down");
             }
             peer.set_state("down", Some(error));
-            let jittered = backoff.mul_f64(0.5 + 0.5 * jitter());
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            let jittered = backoff.next_wait();
             tokio::select! {
                 () = self.token.cancelled() => return,
                 () = tokio::time::sleep(jittered) => {}
@@ -474,7 +473,7 @@ impl Mesh {
         &self,
         peer: &Peer,
         opened_before: &mut bool,
-        backoff: &mut Duration,
+        backoff: &mut Backoff,
     ) -> Ended {
         peer.set_state("connecting", None);
         let opened = tokio::select! {
@@ -497,7 +496,7 @@ impl Mesh {
         if std::mem::replace(opened_before, true) {
             self.metrics.reconnects.with_label_values(&[&peer.id]).inc();
         }
-        *backoff = BACKOFF_MIN;
+        backoff.reset();
         tracing::info!(peer = %peer.id, addr = %peer.addr, "link to peer up");
         peer.set_state("up", None);
         let up = self.metrics.up.with_label_values(&[&peer.id, "out"]);
@@ -933,22 +932,4 @@ async fn send(
     bytes.inc_by(batch.len() as u64);
     batch.clear();
     Ok(())
-}
-
-/// A random number: this start's incarnation.
-fn incarnation() -> u64 {
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    hasher.write_u32(std::process::id());
-    hasher.finish().max(1)
-}
-
-/// A number in [0, 1) for backoff jitter.
-fn jitter() -> f64 {
-    (incarnation() % 10_000) as f64 / 10_000.0
 }

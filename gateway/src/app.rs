@@ -105,6 +105,9 @@ async fn run_node(settings: Settings) -> anyhow::Result<()> {
 
     let view = ClusterView::new(&settings, Some(broker.peer_links()));
     let topics = Topics::new(&settings.mqtt.topic_prefix, &settings.cluster.name);
+    let witness = settings.cluster.witness.as_ref().map(|w| {
+        crate::witness::WitnessLink::start(w, &settings.cluster.name, &node, &topics, &tracker)
+    });
     let coordinator = Coordinator::start(
         Setup {
             client: client.clone(),
@@ -124,6 +127,7 @@ async fn run_node(settings: Settings) -> anyhow::Result<()> {
                     * settings.cluster.missed_heartbeats,
             },
             started,
+            witness,
         },
         &registry,
         &tracker,

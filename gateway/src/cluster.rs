@@ -31,6 +31,17 @@ struct View {
     leader: Option<NodeId>,
     /// The lease term: grows each time leadership changes hands.
     term: u64,
+    /// The witness broker, when one is configured.
+    witness: Option<WitnessStatus>,
+}
+
+/// The witness broker as seen from here (`[cluster.witness]`).
+#[derive(Debug, Clone, Serialize)]
+pub struct WitnessStatus {
+    /// Where it is, `host:port`.
+    pub address: String,
+    /// Whether this node's connection to it is up and subscribed.
+    pub connected: bool,
 }
 
 /// One member as seen from here.
@@ -92,6 +103,9 @@ pub struct ClusterHealth {
     pub members: Vec<Member>,
     /// The broker's link to each peer.
     pub peers: Vec<PeerStatus>,
+    /// The witness broker, when one is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub witness: Option<WitnessStatus>,
 }
 
 impl ClusterHealth {
@@ -131,6 +145,10 @@ impl ClusterView {
                 members,
                 leader: None,
                 term: 0,
+                witness: settings.cluster.witness.as_ref().map(|w| WitnessStatus {
+                    address: w.mqtt.to_string(),
+                    connected: false,
+                }),
             })),
         }
     }
@@ -146,6 +164,14 @@ impl ClusterView {
         let mut v = self.inner.write().unwrap_or_else(|e| e.into_inner());
         v.leader = leader;
         v.term = term;
+    }
+
+    /// Records whether the witness connection is up.
+    pub fn set_witness_connected(&self, connected: bool) {
+        let mut v = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = &mut v.witness {
+            w.connected = connected;
+        }
     }
 
     /// Records what the coordinator knows of the peer `id`.
@@ -201,6 +227,7 @@ impl ClusterView {
                     })
                     .collect(),
                 peers,
+                witness: v.witness.clone(),
             }
         })
     }

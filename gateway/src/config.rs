@@ -328,6 +328,31 @@ pub struct ClusterSettings {
     /// a dead leader is replaced a little after that (docs/cluster.md). Default 5 (1 s);
     /// 2 to 100.
     pub missed_heartbeats: u32,
+    /// `[cluster.witness]`: an outside MQTT broker that counts as one more vote, for
+    /// clusters with an even number of nodes. Default none.
+    pub witness: Option<WitnessSettings>,
+}
+
+/// `[cluster.witness]`: the witness broker (docs/cluster.md#the-witness).
+#[derive(Clone, PartialEq, Eq)]
+pub struct WitnessSettings {
+    /// `mqtt`: where the broker listens (`host:port`).
+    pub mqtt: PeerAddr,
+    /// `username`: for brokers that require a login. Default none.
+    pub username: Option<String>,
+    /// `password`: with `username`. Default none.
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for WitnessSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The password stays out of logs and debug output.
+        f.debug_struct("WitnessSettings")
+            .field("mqtt", &self.mqtt)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .finish()
+    }
 }
 
 impl Default for ClusterSettings {
@@ -337,6 +362,7 @@ impl Default for ClusterSettings {
             peers: Vec::new(),
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             missed_heartbeats: DEFAULT_MISSED_HEARTBEATS,
+            witness: None,
         }
     }
 }
@@ -529,6 +555,15 @@ struct ClusterConfig {
     peers: Vec<Spanned<PeerConfig>>,
     heartbeat_interval: Option<Spanned<String>>,
     missed_heartbeats: Option<Spanned<i64>>,
+    witness: Option<Spanned<WitnessConfig>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WitnessConfig {
+    mqtt: Option<Spanned<String>>,
+    username: Option<Spanned<String>>,
+    password: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -965,13 +1000,75 @@ impl ClusterConfig {
             2..=100,
             DEFAULT_MISSED_HEARTBEATS as usize,
         ) as u32;
+        let witness = self
+            .witness
+            .and_then(|w| validate_witness(v, w, peers.len() + 1));
         ClusterSettings {
             name,
             peers,
             heartbeat_interval,
             missed_heartbeats,
+            witness,
         }
     }
+}
+
+/// `[cluster.witness]`: an address, credentials that come as a pair, and a cluster it can
+/// help: with an odd number of nodes a witness would make the vote count even.
+fn validate_witness(
+    v: &mut Validator<'_>,
+    raw: Spanned<WitnessConfig>,
+    nodes: usize,
+) -> Option<WitnessSettings> {
+    let span = raw.span();
+    let WitnessConfig {
+        mqtt,
+        username,
+        password,
+    } = raw.into_inner();
+    let mut ok = true;
+    if nodes % 2 == 1 {
+        v.error(
+            Some(span.clone()),
+            format!(
+                "cluster.witness: a witness only helps a cluster with an even number of nodes; \
+                 this one has {nodes} (remove the witness, or add a node)"
+            ),
+        );
+        ok = false;
+    }
+    if username.is_some() != password.is_some() {
+        v.error(
+            Some(span.clone()),
+            "cluster.witness: username and password go together",
+        );
+        ok = false;
+    }
+    let mqtt = match mqtt {
+        None => {
+            v.error(Some(span), "cluster.witness: no mqtt address");
+            None
+        }
+        Some(raw) => match PeerAddr::parse(raw.get_ref()) {
+            Ok(addr) => Some(addr),
+            Err(why) => {
+                v.error(
+                    Some(raw.span()),
+                    format!(
+                        "cluster.witness: mqtt {:?} is not a valid address: {why}",
+                        raw.get_ref()
+                    ),
+                );
+                None
+            }
+        },
+    };
+    Some(WitnessSettings {
+        mqtt: mqtt?,
+        username: username.map(Spanned::into_inner),
+        password: password.map(Spanned::into_inner),
+    })
+    .filter(|_| ok)
 }
 
 /// Parses `<integer><unit>` with unit `ms`, `s`, `m` or `h`, e.g. `500ms`, `10s`, `2m`.
@@ -1119,6 +1216,7 @@ enabled = true
                 ],
                 heartbeat_interval: Duration::from_millis(250),
                 missed_heartbeats: 6,
+                witness: None,
             },
             log: LogSettings {
                 level: "roost=debug,info".to_owned(),
@@ -1675,5 +1773,53 @@ format = "yaml"
             checked >= 4,
             "expected the example and three cluster files, found {checked}"
         );
+    }
+
+    #[test]
+    fn a_witness_for_two_nodes() {
+        let s = valid(
+            r#"[node]
+id = "node-a"
+[cluster]
+peers = [{ id = "node-b", mqtt = "127.0.0.1:1884" }]
+[cluster.witness]
+mqtt = "homeassistant.local:1883"
+username = "roost"
+password = "s3cret"
+"#,
+        );
+        let witness = s.cluster.witness.expect("a witness");
+        assert_eq!(witness.mqtt.to_string(), "homeassistant.local:1883");
+        assert_eq!(witness.username.as_deref(), Some("roost"));
+        assert!(!format!("{witness:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn a_witness_is_refused_where_it_cannot_help_or_is_incomplete() {
+        let (line, col, message) =
+            single("[node]\nid = \"node-a\"\n[cluster.witness]\nmqtt = \"h:1883\"\n");
+        assert_eq!((line, col), (Some(3), Some(1)));
+        assert_eq!(
+            message,
+            "cluster.witness: a witness only helps a cluster with an even number of nodes; \
+             this one has 1 (remove the witness, or add a node)"
+        );
+        let pair =
+            "[node]\nid = \"node-a\"\n[cluster]\npeers = [{ id = \"node-b\", mqtt = \"h:1\" }]\n";
+        let (_, _, message) = single(&format!(
+            "{pair}[cluster.witness]\nmqtt = \"h:1883\"\nusername = \"u\"\n"
+        ));
+        assert_eq!(
+            message,
+            "cluster.witness: username and password go together"
+        );
+        let (line, _, message) = single(&format!("{pair}[cluster.witness]\nmqtt = \"h\"\n"));
+        assert_eq!(line, Some(6));
+        assert_eq!(
+            message,
+            "cluster.witness: mqtt \"h\" is not a valid address: expected HOST:PORT"
+        );
+        let (_, _, message) = single(&format!("{pair}[cluster.witness]\n"));
+        assert_eq!(message, "cluster.witness: no mqtt address");
     }
 }

@@ -18,6 +18,7 @@ use crate::config::NodeId;
 use crate::lease::{Action, Heartbeat, Lease, Message, Role, Timing};
 use crate::state::{Key, Namespace, Store};
 use crate::topics::Topics;
+use crate::witness::{WitnessEvent, WitnessEvents, WitnessLink};
 
 /// How often the lease's timers are checked.
 const TICK: Duration = Duration::from_millis(25);
@@ -52,6 +53,10 @@ struct Metrics {
     bad_messages: IntCounterVec,
     /// `roost_cluster_duplicate_node_total`.
     duplicate_node: IntCounter,
+    /// `roost_cluster_witness_up`.
+    witness_up: IntGauge,
+    /// `roost_cluster_witness_claims_total{result}`.
+    witness_claims: IntCounterVec,
 }
 
 impl Metrics {
@@ -85,6 +90,17 @@ impl Metrics {
                 "roost_cluster_duplicate_node_total",
                 "Heartbeats from another process with this node's id",
             )?,
+            witness_up: IntGauge::new(
+                "roost_cluster_witness_up",
+                "1 while the connection to the witness broker is up and subscribed",
+            )?,
+            witness_claims: IntCounterVec::new(
+                Opts::new(
+                    "roost_cluster_witness_claims_total",
+                    "Claims of the witness's vote this node made, by result (won, lost)",
+                ),
+                &["result"],
+            )?,
         };
         registry.register(Box::new(m.term.clone()))?;
         registry.register(Box::new(m.is_leader.clone()))?;
@@ -93,6 +109,8 @@ impl Metrics {
         registry.register(Box::new(m.step_downs.clone()))?;
         registry.register(Box::new(m.bad_messages.clone()))?;
         registry.register(Box::new(m.duplicate_node.clone()))?;
+        registry.register(Box::new(m.witness_up.clone()))?;
+        registry.register(Box::new(m.witness_claims.clone()))?;
         Ok(m)
     }
 }
@@ -115,6 +133,8 @@ pub struct Setup {
     pub timing: Timing,
     /// When the node started (for the uptime heartbeats carry).
     pub started: Instant,
+    /// The link to the witness broker and its events, when one is configured.
+    pub witness: Option<(WitnessLink, WitnessEvents)>,
 }
 
 /// A handle on the running coordinator.
@@ -145,6 +165,8 @@ impl Coordinator {
             .and_then(|e| e.value);
         let mut rng = Rng::new();
         let now = Instant::now();
+        let mut setup = setup;
+        let (witness, witness_events) = setup.witness.take().unzip();
         let lease = Lease::new(
             setup.node.as_str(),
             setup.peers.iter().map(ToString::to_string),
@@ -154,6 +176,11 @@ impl Coordinator {
             now,
             rng.next(),
         );
+        let lease = if witness.is_some() {
+            lease.with_witness()
+        } else {
+            lease
+        };
         let subscriptions = Subscriptions {
             heartbeats: setup.client.subscribe(&setup.topics.heartbeats()).await?,
             lease: setup.client.subscribe(&setup.topics.lease()).await?,
@@ -161,6 +188,7 @@ impl Coordinator {
                 .client
                 .subscribe(&setup.topics.node_statuses())
                 .await?,
+            witness: witness_events,
         };
         let mut task = Task {
             incarnation: rng.next_u64(),
@@ -172,6 +200,7 @@ impl Coordinator {
             statuses: BTreeMap::new(),
             up: BTreeMap::new(),
             stopping: false,
+            witness,
             setup,
         };
         metrics_term(&task);
@@ -204,6 +233,8 @@ struct Subscriptions {
     heartbeats: Subscription,
     lease: Subscription,
     statuses: Subscription,
+    /// The witness's events, when one is configured.
+    witness: Option<WitnessEvents>,
 }
 
 /// The running coordinator.
@@ -221,6 +252,8 @@ struct Task {
     up: BTreeMap<String, bool>,
     /// Set once the node stops: its own `offline` is expected then.
     stopping: bool,
+    /// The link to the witness broker, when one is configured.
+    witness: Option<WitnessLink>,
 }
 
 impl Task {
@@ -263,6 +296,7 @@ impl Task {
                     }
                 }
                 Some(m) = subs.statuses.recv() => self.on_status(&m.topic, &m.payload).await,
+                Some(event) = WitnessEvents::next(&mut subs.witness) => self.on_witness(event).await,
                 else => return,
             }
             self.refresh();
@@ -288,6 +322,58 @@ impl Task {
         let jitter = self.rng.next();
         let actions = self.lease.on_heartbeat(hb, Instant::now(), jitter);
         self.apply(actions).await;
+    }
+
+    async fn on_witness(&mut self, event: WitnessEvent) {
+        let now = Instant::now();
+        let witness = self
+            .witness
+            .as_ref()
+            .map(WitnessLink::addr)
+            .unwrap_or_default();
+        match event {
+            WitnessEvent::Up => {
+                tracing::info!(witness, "witness connected");
+                self.lease.witness_up(now);
+                self.metrics.witness_up.set(1);
+                self.setup.view.set_witness_connected(true);
+            }
+            WitnessEvent::Down(error) => {
+                tracing::warn!(witness, %error, "witness connection lost; retrying with backoff");
+                self.lease.witness_down();
+                self.metrics.witness_up.set(0);
+                self.setup.view.set_witness_connected(false);
+            }
+            WitnessEvent::Heartbeat(hb) => {
+                if hb.node == self.setup.node.as_str() && hb.incarnation == self.incarnation {
+                    self.lease.on_witness_echo(&hb, now);
+                } else {
+                    self.on_heartbeat(hb).await;
+                }
+            }
+            WitnessEvent::Claim { node, term } => {
+                let jitter = self.rng.next();
+                let actions = self.lease.on_witness_claim(&node, term, now, jitter);
+                self.apply(actions).await;
+            }
+            WitnessEvent::Decided { term, won } => {
+                let result = if won { "won" } else { "lost" };
+                tracing::info!(term, result, "claim of the witness's vote decided");
+                self.metrics
+                    .witness_claims
+                    .with_label_values(&[result])
+                    .inc();
+                let actions = self.lease.on_witness_vote(term, won, now);
+                self.apply(actions).await;
+            }
+            WitnessEvent::Bad { topic, error } => {
+                tracing::warn!(witness, topic, %error, "ignoring a witness message that does not parse");
+                self.metrics
+                    .bad_messages
+                    .with_label_values(&["witness"])
+                    .inc();
+            }
+        }
     }
 
     async fn on_status(&mut self, topic: &str, payload: &[u8]) {
@@ -368,6 +454,11 @@ impl Task {
                         self.announce_down(&member).await;
                     }
                 }
+                Action::ClaimWitness(term) => {
+                    if let Some(witness) = &self.witness {
+                        witness.claim(term);
+                    }
+                }
                 Action::SteppedDown(term) => {
                     tracing::warn!(
                         term,
@@ -437,6 +528,9 @@ impl Task {
         hb.uptime_seconds = self.setup.started.elapsed().as_secs();
         hb.version = env!("CARGO_PKG_VERSION").to_owned();
         let payload = serde_json::to_vec(&hb).unwrap_or_default();
+        if let Some(witness) = &self.witness {
+            witness.heartbeat(payload.clone());
+        }
         self.publish(
             &self.setup.topics.heartbeat(&self.setup.node),
             payload,

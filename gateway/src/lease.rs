@@ -12,6 +12,11 @@
 //! - a leader stays leader only while a majority (itself included) acknowledged it within
 //!   `0.4 × down_after`, and a follower acknowledges a leader only while it heard it within
 //!   `0.4 × down_after`: an old leader has stepped down before any node votes for a new one.
+//!
+//! An optional witness (an outside MQTT broker, `witness.rs`) counts as one more member
+//! that cannot act: its vote in a term goes to the first claim the broker orders, its
+//! acknowledgement of a leader is the leader's own heartbeat coming back through it, and a
+//! claim of a higher term by another node withdraws that acknowledgement.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -131,6 +136,21 @@ pub enum Action {
     Elected(u64),
     /// This node stopped leading `term` (no majority acknowledged it).
     SteppedDown(u64),
+    /// Claim the witness's vote for `term` (a candidate with a witness in sight).
+    ClaimWitness(u64),
+}
+
+/// The witness broker as the lease counts it.
+#[derive(Debug, Default)]
+struct Witness {
+    /// Since when the witness connection has been up and subscribed, unbroken.
+    up_since: Option<Instant>,
+    /// When this node's heartbeat as leader of the term came back through the witness.
+    echo: Option<(Instant, u64)>,
+    /// The highest term another node claimed at the witness.
+    highest_claim: u64,
+    /// Whether the witness's vote in this term is this node's (a candidate).
+    vote: bool,
 }
 
 /// What this node knows of one member.
@@ -162,6 +182,8 @@ pub struct Lease {
     stand_at: Instant,
     /// Members' last heartbeats, this node's own excluded.
     seen: BTreeMap<String, Seen>,
+    /// The witness, when one is configured.
+    witness: Option<Witness>,
 }
 
 impl Lease {
@@ -195,12 +217,120 @@ impl Lease {
             votes: BTreeSet::new(),
             stand_at,
             seen: BTreeMap::new(),
+            witness: None,
         }
     }
 
-    /// Votes needed: a majority of the configured members.
+    /// Counts a witness as one more member (`cluster.witness`).
+    pub fn with_witness(mut self) -> Lease {
+        self.witness = Some(Witness::default());
+        self
+    }
+
+    /// Votes needed: a majority of the configured members, the witness included.
     fn quorum(&self) -> usize {
-        self.members.len() / 2 + 1
+        (self.members.len() + usize::from(self.witness.is_some())) / 2 + 1
+    }
+
+    /// Whether the witness may vote: up and subscribed for `down_after`, so that it has
+    /// passed on every heartbeat a live leader sent through it in that time.
+    fn witness_ready(&self, now: Instant) -> bool {
+        self.witness
+            .as_ref()
+            .and_then(|w| w.up_since)
+            .is_some_and(|since| now.duration_since(since) >= self.timing.down_after)
+    }
+
+    /// Whether the witness acknowledges this node as leader of the current term.
+    fn witness_acks(&self, now: Instant) -> bool {
+        self.witness.as_ref().is_some_and(|w| {
+            w.highest_claim <= self.term
+                && w.echo.is_some_and(|(at, term)| {
+                    term == self.term && now.duration_since(at) < self.timing.ack_window()
+                })
+        })
+    }
+
+    /// Whether the witness connection is up and subscribed now.
+    pub fn witness_connected(&self) -> bool {
+        self.witness.as_ref().is_some_and(|w| w.up_since.is_some())
+    }
+
+    /// The witness connection came up and its subscriptions are in place.
+    pub fn witness_up(&mut self, now: Instant) {
+        if let Some(w) = &mut self.witness {
+            w.up_since.get_or_insert(now);
+        }
+    }
+
+    /// The witness connection broke: it neither votes nor acknowledges until it is back
+    /// for `down_after`.
+    pub fn witness_down(&mut self) {
+        if let Some(w) = &mut self.witness {
+            w.up_since = None;
+            w.echo = None;
+        }
+    }
+
+    /// This node's own heartbeat came back through the witness.
+    pub fn on_witness_echo(&mut self, hb: &Heartbeat, now: Instant) {
+        let leads = self.role == Role::Leader
+            && hb.term == self.term
+            && hb.leader.as_deref() == Some(self.me.as_str());
+        if let Some(w) = &mut self.witness {
+            if leads {
+                w.echo = Some((now, hb.term));
+            }
+        }
+    }
+
+    /// Another node claimed the witness's vote for `term`: as good as its vote request, and
+    /// a leader of a lower term loses the witness's acknowledgement.
+    pub fn on_witness_claim(
+        &mut self,
+        candidate: &str,
+        term: u64,
+        now: Instant,
+        jitter: f64,
+    ) -> Vec<Action> {
+        if candidate == self.me || !self.members.contains(candidate) {
+            return Vec::new();
+        }
+        if let Some(w) = &mut self.witness {
+            w.highest_claim = w.highest_claim.max(term);
+        }
+        if term <= self.term {
+            return Vec::new();
+        }
+        self.on_message(
+            Message::VoteRequest {
+                term,
+                candidate: candidate.to_owned(),
+            },
+            now,
+            jitter,
+        )
+    }
+
+    /// The witness ordered this node's claim for `term`: `won` when no other node had
+    /// claimed `term` or a higher one before it.
+    pub fn on_witness_vote(&mut self, term: u64, won: bool, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if !won || term != self.term || self.role != Role::Candidate {
+            return actions;
+        }
+        if let Some(w) = &mut self.witness {
+            w.vote = true;
+        }
+        if self.votes_won() >= self.quorum() {
+            self.become_leader(now, &mut actions);
+        }
+        actions
+    }
+
+    /// Votes a candidate holds in its term, the witness's included.
+    fn votes_won(&self) -> usize {
+        self.votes.len() + usize::from(self.witness.as_ref().is_some_and(|w| w.vote))
     }
 
     /// The current term.
@@ -264,6 +394,9 @@ impl Lease {
         self.leader = None;
         self.leader_heard = None;
         self.votes.clear();
+        if let Some(w) = &mut self.witness {
+            w.vote = false;
+        }
         actions.push(Action::Persist {
             term,
             voted_for: None,
@@ -353,7 +486,7 @@ impl Lease {
                     && self.members.contains(&voter)
                 {
                     self.votes.insert(voter);
-                    if self.votes.len() >= self.quorum() {
+                    if self.votes_won() >= self.quorum() {
                         self.become_leader(now, &mut actions);
                     }
                 }
@@ -389,9 +522,10 @@ impl Lease {
         actions.push(Action::Elected(self.term));
     }
 
-    /// Members heard within `down_after`, this node included.
+    /// Members heard within `down_after`, this node and a ready witness included.
     fn visible(&self, now: Instant) -> usize {
         self.members.iter().filter(|m| self.is_up(m, now)).count()
+            + usize::from(self.witness_ready(now))
     }
 
     /// Time passes: a leader checks its lease, a follower or candidate may stand.
@@ -403,15 +537,17 @@ impl Lease {
                 // Acknowledgements: members whose heartbeat in this term, recent enough,
                 // names this node; and this node itself. Just after the election the
                 // votes stand in for them (`leader_heard` is the election).
-                let acks = 1 + self
-                    .seen
-                    .values()
-                    .filter(|s| {
-                        now.duration_since(s.at) < window
-                            && s.heartbeat.term == self.term
-                            && s.heartbeat.leader.as_deref() == Some(self.me.as_str())
-                    })
-                    .count();
+                let acks = 1
+                    + self
+                        .seen
+                        .values()
+                        .filter(|s| {
+                            now.duration_since(s.at) < window
+                                && s.heartbeat.term == self.term
+                                && s.heartbeat.leader.as_deref() == Some(self.me.as_str())
+                        })
+                        .count()
+                    + usize::from(self.witness_acks(now));
                 let fresh = self.leader_alive(now, window);
                 if acks < self.quorum() && !fresh {
                     self.role = Role::Follower;
@@ -438,17 +574,24 @@ impl Lease {
                 self.leader_heard = None;
                 self.voted_for = Some(self.me.clone());
                 self.votes = BTreeSet::from([self.me.clone()]);
+                let claim = self.witness_ready(now);
+                if let Some(w) = &mut self.witness {
+                    w.vote = false;
+                }
                 actions.push(Action::Persist {
                     term: self.term,
                     voted_for: Some(self.me.clone()),
                 });
-                if self.votes.len() >= self.quorum() {
+                if self.votes_won() >= self.quorum() {
                     self.become_leader(now, &mut actions);
                 } else {
                     actions.push(Action::Send(Message::VoteRequest {
                         term: self.term,
                         candidate: self.me.clone(),
                     }));
+                    if claim {
+                        actions.push(Action::ClaimWitness(self.term));
+                    }
                 }
             }
         }
@@ -764,5 +907,90 @@ mod tests {
             }]
         );
         assert_eq!(solo_like.leader(t0 + ms(1_260)), Some("b"));
+    }
+
+    fn pair_with_witness(me: &str, now: Instant) -> Lease {
+        Lease::new(me, ["a", "b"].map(String::from), TIMING, 0, None, now, 0.0).with_witness()
+    }
+
+    #[test]
+    fn with_a_witness_one_of_two_nodes_elects_itself() {
+        let t0 = Instant::now();
+        let mut b = pair_with_witness("b", t0);
+        // Alone, without the witness in sight, b does not stand.
+        assert!(b.on_tick(t0 + ms(5_000), 0.0).is_empty());
+        // A witness connection only counts once it has been up for `down_after`.
+        b.witness_up(t0 + ms(5_000));
+        assert!(b.on_tick(t0 + ms(5_900), 0.0).is_empty());
+        let stand = b.on_tick(t0 + ms(6_300), 0.0);
+        assert!(stand.contains(&Action::ClaimWitness(1)), "{stand:?}");
+        // A claim the witness ordered behind another node's is no vote.
+        assert!(b.on_witness_vote(1, false, t0 + ms(6_310)).is_empty());
+        assert_eq!(b.role(), Role::Candidate);
+        // A vote for an older term counts for nothing either.
+        let retry = b.on_tick(t0 + ms(6_600), 0.0);
+        assert!(retry.contains(&Action::ClaimWitness(2)), "{retry:?}");
+        assert!(b.on_witness_vote(1, true, t0 + ms(6_610)).is_empty());
+        assert_eq!(
+            b.on_witness_vote(2, true, t0 + ms(6_620)),
+            [Action::Elected(2)]
+        );
+    }
+
+    #[test]
+    fn a_leader_held_by_the_witness_alone_keeps_the_lease_only_while_it_echoes() {
+        let t0 = Instant::now();
+        let mut a = pair_with_witness("a", t0);
+        a.witness_up(t0);
+        a.on_tick(t0 + ms(1_250), 0.0);
+        assert_eq!(
+            a.on_witness_vote(1, true, t0 + ms(1_260)),
+            [Action::Elected(1)]
+        );
+        // Its heartbeats come back through the witness: the lease holds with b dead.
+        for step in 0..20 {
+            let at = t0 + ms(1_300 + step * 200);
+            a.on_witness_echo(&hb("a", 1, Some("a")), at);
+            assert!(a.on_tick(at + ms(100), 0.0).is_empty());
+        }
+        // The echoes stop (the witness is cut off): a steps down within 0.4 × down_after.
+        let last = t0 + ms(1_300 + 19 * 200);
+        assert!(a.on_tick(last + ms(390), 0.0).is_empty());
+        assert_eq!(a.on_tick(last + ms(400), 0.0), [Action::SteppedDown(1)]);
+    }
+
+    #[test]
+    fn a_higher_claim_at_the_witness_withdraws_its_acknowledgement() {
+        let t0 = Instant::now();
+        let mut a = pair_with_witness("a", t0);
+        a.witness_up(t0);
+        a.on_tick(t0 + ms(1_250), 0.0);
+        a.on_witness_vote(1, true, t0 + ms(1_260));
+        // Past the fresh election's grace, the witness's echo is its only acknowledgement.
+        let t1 = t0 + ms(1_700);
+        a.on_witness_echo(&hb("a", 1, Some("a")), t1);
+        assert!(a.on_tick(t1 + ms(10), 0.0).is_empty());
+        // b claimed term 2 at the witness: the witness's vote went to b, so it no longer
+        // stands behind a, which gives the lease up at its next check.
+        a.on_witness_claim("b", 2, t1 + ms(20), 0.0);
+        assert_eq!(a.on_tick(t1 + ms(30), 0.0), [Action::SteppedDown(1)]);
+        // Claims of this node itself or of strangers are not votes requests.
+        assert!(a.on_witness_claim("a", 9, t1, 0.0).is_empty());
+        assert!(a.on_witness_claim("z", 9, t1, 0.0).is_empty());
+    }
+
+    #[test]
+    fn a_broken_witness_connection_counts_for_nothing_until_it_is_up_again_for_down_after() {
+        let t0 = Instant::now();
+        let mut b = pair_with_witness("b", t0);
+        b.witness_up(t0);
+        b.witness_down();
+        b.witness_up(t0 + ms(4_500));
+        assert!(b.witness_connected());
+        assert!(b.on_tick(t0 + ms(5_000), 0.0).is_empty());
+        // Its next chance to stand (1.2 s on) finds the witness up for 1.7 s.
+        assert!(b
+            .on_tick(t0 + ms(6_200), 0.0)
+            .contains(&Action::ClaimWitness(1)));
     }
 }

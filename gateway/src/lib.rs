@@ -8,6 +8,7 @@
 //! - `cluster`, `topics`: the cluster view (members, leader, term) and every topic name;
 //! - `lease`, `coordinator`: the leader lease as a pure state machine, and the task that
 //!   runs it over MQTT with heartbeats, membership and cluster events;
+//! - `witness`: the link to the witness broker that gives a two-node cluster a third vote;
 //! - `http`: `/health`, `/metrics`, the dashboard and its JSON API;
 //! - `telemetry`, `logging`: the Prometheus registry and tracing;
 //! - `demo`: the simulated devices of the no-argument mode;
@@ -26,3 +27,4 @@ pub mod state;
 pub mod status;
 pub mod telemetry;
 pub mod topics;
+pub mod witness;

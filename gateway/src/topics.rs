@@ -54,6 +54,28 @@ impl Topics {
         format!("{}/events", self.root)
     }
 
+    /// `<prefix>/<cluster>/witness/heartbeat/<node>`, on the witness broker: a member's
+    /// heartbeats, the same as on the mesh.
+    pub fn witness_heartbeat(&self, node: &NodeId) -> String {
+        format!("{}/witness/heartbeat/{node}", self.root)
+    }
+
+    /// `<prefix>/<cluster>/witness/heartbeat/+`, on the witness broker.
+    pub fn witness_heartbeats(&self) -> String {
+        format!("{}/witness/heartbeat/+", self.root)
+    }
+
+    /// `<prefix>/<cluster>/witness/claim/<node>`, on the witness broker: retained, the
+    /// latest term the member claimed the witness's vote for.
+    pub fn witness_claim(&self, node: &NodeId) -> String {
+        format!("{}/witness/claim/{node}", self.root)
+    }
+
+    /// `<prefix>/<cluster>/witness/claim/+`, on the witness broker.
+    pub fn witness_claims(&self) -> String {
+        format!("{}/witness/claim/+", self.root)
+    }
+
     /// `<prefix>/<cluster>/devices/<node>/<device>/<leaf>`: a device's topics.
     pub fn device(&self, node: &NodeId, device: &str, leaf: &str) -> String {
         format!("{}/devices/{node}/{device}/{leaf}", self.root)
@@ -75,6 +97,13 @@ mod tests {
         assert_eq!(t.heartbeats(), "$roost/home/heartbeat/+");
         assert_eq!(t.lease(), "$roost/home/lease");
         assert_eq!(t.node_statuses(), "roost/home/nodes/+/status");
+        assert_eq!(t.witness_claim(&n), "roost/home/witness/claim/node-a");
+        assert_eq!(t.witness_claims(), "roost/home/witness/claim/+");
+        assert_eq!(
+            t.witness_heartbeat(&n),
+            "roost/home/witness/heartbeat/node-a"
+        );
+        assert_eq!(t.witness_heartbeats(), "roost/home/witness/heartbeat/+");
         assert_eq!(
             t.device(&n, "demo-relay", "set"),
             "roost/home/devices/node-a/demo-relay/set"

@@ -464,7 +464,8 @@ impl Drop for MosquittoSub {
     }
 }
 
-/// A Mosquitto broker on a free loopback port, for benchmarks that measure it beside Roost.
+/// A Mosquitto broker on a free loopback port: measured beside Roost in benchmarks, and the
+/// witness of two-node clusters in tests.
 pub struct Mosquitto {
     /// The broker process, killed on drop.
     pub process: ChildGuard,
@@ -482,6 +483,11 @@ impl Mosquitto {
             .local_addr()
             .ok()?
             .port();
+        Mosquitto::start_on(port)
+    }
+
+    /// [`Mosquitto::start`] on a given port (to bring a broker back where it was).
+    pub fn start_on(port: u16) -> Option<Mosquitto> {
         let dir = tempfile::tempdir().ok()?;
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(

@@ -2,7 +2,9 @@
 //! messages cross the mesh exactly once at QoS 0 and 1 in 3- and 5-node meshes, retained
 //! messages and deletes reach a member that was down, a killed leader is replaced (20 times,
 //! never two leaders in one term), a clean stop hands the lease over, and bad peers are
-//! refused with a log line and a metric while the cluster keeps working.
+//! refused with a log line and a metric while the cluster keeps working. Two nodes with a
+//! witness (a Mosquitto broker) elect a leader while either is down, and without the witness
+//! they cannot.
 //!
 //! The partition test, which needs network namespaces, is in `partition.rs`.
 
@@ -12,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use roost_tests::cluster::Cluster;
-use roost_tests::{MosquittoSub, Node, EVENT_TIMEOUT};
+use roost_tests::{Mosquitto, MosquittoSub, Node, EVENT_TIMEOUT};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 /// A subscriber on `addr` that counts every payload it receives on `filter`, until `expected`
@@ -338,14 +340,7 @@ fn a_killed_leader_is_replaced_twenty_times_never_two_leaders_in_a_term() {
     }
     cluster.wait_agreed_leader(&[0, 1, 2], EVENT_TIMEOUT);
     // Every election in every member's log: one leader per term.
-    let mut by_term: BTreeMap<u64, Vec<String>> = BTreeMap::new();
-    for (term, leader) in elections(&cluster, 3) {
-        by_term.entry(term).or_default().push(leader);
-    }
-    assert!(by_term.len() >= 21, "elections: {by_term:?}");
-    for (term, leaders) in &by_term {
-        assert_eq!(leaders.len(), 1, "term {term} had leaders {leaders:?}");
-    }
+    one_leader_per_term(&cluster, 3, 21);
     failovers.sort();
     let ms = |d: &Duration| d.as_millis();
     let line = format!(
@@ -471,4 +466,119 @@ fn bad_peers_are_refused_with_a_log_line_and_a_metric_and_the_cluster_keeps_work
     let mut on_b = MosquittoSub::start(b, &["-t", "still/works"]);
     roost_tests::mosquitto_pub(a, &["-t", "still/works", "-m", "yes", "-q", "1"]);
     on_b.expect_message("still/works", "yes");
+}
+
+/// Two nodes whose `[cluster]` names a Mosquitto broker on `port` as the witness.
+fn pair_with_witness(port: u16) -> Cluster {
+    Cluster::new(2).cluster_config(&format!("witness = {{ mqtt = \"127.0.0.1:{port}\" }}"))
+}
+
+/// Asserts that every election in the members' logs is the only one of its term.
+fn one_leader_per_term(cluster: &Cluster, members: usize, at_least: usize) {
+    let mut by_term: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for (term, leader) in elections(cluster, members) {
+        by_term.entry(term).or_default().push(leader);
+    }
+    assert!(by_term.len() >= at_least, "elections: {by_term:?}");
+    for (term, leaders) in &by_term {
+        assert_eq!(leaders.len(), 1, "term {term} had leaders {leaders:?}");
+    }
+}
+
+#[test]
+fn two_nodes_with_a_witness_elect_a_leader_while_either_is_down() {
+    let witness = Mosquitto::start().expect("mosquitto runs (scripts/test.sh installs it)");
+    let mut cluster = pair_with_witness(witness.port).start();
+    for i in 0..2 {
+        let (_, health) = cluster.node(i).health();
+        assert_eq!(
+            health["witness"]["address"],
+            format!("127.0.0.1:{}", witness.port)
+        );
+    }
+    let mut survivors_seen = Vec::new();
+    for round in 0..6 {
+        let (leader, term) = cluster.wait_agreed_leader(&[0, 1], EVENT_TIMEOUT);
+        let survivor = 1 - leader;
+        // The witness's vote counts once its connection has been up for `down_after`.
+        wait_metric(cluster.node(survivor), "roost_cluster_witness_up");
+        cluster.kill(leader);
+        let (new_leader, new_term) =
+            cluster.wait_agreed_leader_beyond(&[survivor], term, EVENT_TIMEOUT);
+        assert_eq!(new_leader, survivor, "round {round}");
+        assert!(new_term > term);
+        survivors_seen.push(survivor);
+        cluster.start_member(leader);
+    }
+    cluster.wait_agreed_leader(&[0, 1], EVENT_TIMEOUT);
+    // The witness carried both nodes through, not one of them by luck.
+    assert!(
+        survivors_seen.contains(&0) && survivors_seen.contains(&1),
+        "{survivors_seen:?}"
+    );
+    // Each failover was won with the witness's vote (logs span the restarts; metrics do not).
+    let won = (0..2)
+        .flat_map(|i| cluster.logs(i).lines().map(strip_ansi).collect::<Vec<_>>())
+        .filter(|l| {
+            l.contains("claim of the witness's vote decided") && l.contains("result=\"won\"")
+        })
+        .count();
+    assert!(won >= 6, "witness votes won: {won}");
+    one_leader_per_term(&cluster, 2, 7);
+}
+
+/// Reads `/health` on `node` until `done` holds for it.
+fn wait_health(node: &Node, what: &str, done: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let (_, health) = node.health();
+        if done(&health) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{}: {what}: {health}", node.id);
+        // Health is state, not an event; it is polled.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn without_its_witness_a_pair_keeps_its_leader_but_cannot_replace_it() {
+    let witness = Mosquitto::start().expect("mosquitto runs (scripts/test.sh installs it)");
+    let port = witness.port;
+    let mut cluster = pair_with_witness(port).start();
+    let (leader, term) = cluster.wait_agreed_leader(&[0, 1], EVENT_TIMEOUT);
+    let survivor = 1 - leader;
+    wait_metric(cluster.node(survivor), "roost_cluster_witness_up");
+    // The witness goes away: both nodes notice, and two of three votes still hold the lease.
+    drop(witness);
+    for i in 0..2 {
+        wait_health(cluster.node(i), "witness disconnected", |h| {
+            h["witness"]["connected"] == false
+        });
+    }
+    assert_eq!(
+        cluster.wait_agreed_leader(&[0, 1], EVENT_TIMEOUT),
+        (leader, term)
+    );
+    // Now the leader dies: one node of two, without the witness, is no majority.
+    cluster.kill(leader);
+    wait_health(cluster.node(survivor), "the leader seen down", |h| {
+        h["healthy_nodes"] == 1
+    });
+    // A bounded look: the survivor would have stood within down_after + a heartbeat + a
+    // quarter of down_after (1.45 s with the defaults); give it well over that.
+    let look_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < look_until {
+        let (code, health) = cluster.node(survivor).health();
+        assert_eq!(code, 503, "{health}");
+        assert!(health["leader"].is_null(), "{health}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The witness comes back on its address: the survivor reconnects and is elected.
+    let _witness = Mosquitto::start_on(port).expect("mosquitto restarts on its port");
+    let (new_leader, new_term) =
+        cluster.wait_agreed_leader_beyond(&[survivor], term, EVENT_TIMEOUT);
+    assert_eq!(new_leader, survivor);
+    assert!(new_term > term);
+    one_leader_per_term(&cluster, 2, 2);
 }

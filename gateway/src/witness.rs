@@ -1,0 +1,332 @@
+//! The link to the witness broker (`[cluster.witness]`): an outside MQTT broker, such as the
+//! Home Assistant host's, that gives a cluster of two nodes its third vote. This module only
+//! carries messages: heartbeats out and back, claims of the witness's vote, and the order in
+//! which the broker saw them. The rules are the lease's (`lease.rs`); docs/cluster.md has
+//! the argument.
+//!
+//! The vote: a candidate publishes its claim `{"node","term"}` retained (QoS 1) on
+//! `<prefix>/<cluster>/witness/claim/<node>`, one topic per node that always holds its
+//! latest claim. Every node stays subscribed to all claims, so when a node's own claim
+//! comes back to it, it has seen every claim the broker processed before it (retained at
+//! subscription time, or live since). The claim wins when no other node's claim it has seen
+//! is for the same term or a higher one: of two claims for one term, the one the broker
+//! processed second sees the first, so at most one wins.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use roost_broker::Backoff;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, SubscribeFilter};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{NodeId, WitnessSettings};
+use crate::lease::Heartbeat;
+use crate::topics::Topics;
+
+/// Keep-alive on the witness connection: a broker that vanished without closing the
+/// connection is noticed within about one and a half of these.
+const KEEP_ALIVE: Duration = Duration::from_secs(2);
+/// Reconnect backoff, as for peers.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Requests waiting for the connection (heartbeats are dropped beyond this, never queued
+/// for long).
+const REQUESTS: usize = 64;
+
+/// What the witness link reports to the coordinator.
+#[derive(Debug)]
+pub enum WitnessEvent {
+    /// Connected, with the subscriptions in place.
+    Up,
+    /// The connection broke or could not be opened, with the reason.
+    Down(String),
+    /// A member's heartbeat came through the witness (this node's own included).
+    Heartbeat(Heartbeat),
+    /// Another node claimed the witness's vote for `term` (a live claim, not a retained
+    /// one replayed at subscription).
+    Claim {
+        /// The claimant.
+        node: String,
+        /// The term it claimed.
+        term: u64,
+    },
+    /// The broker ordered this node's claim for `term`.
+    Decided {
+        /// The term claimed.
+        term: u64,
+        /// Whether no other node had claimed this term or a higher one before it.
+        won: bool,
+    },
+    /// A message on the witness's topics that does not parse.
+    Bad {
+        /// Where it came.
+        topic: String,
+        /// What is wrong with it.
+        error: String,
+    },
+}
+
+/// A claim as published on the witness.
+#[derive(Debug, Serialize, Deserialize)]
+struct Claim {
+    node: String,
+    term: u64,
+}
+
+/// What the witness connection reports, in order.
+pub struct WitnessEvents(mpsc::Receiver<WitnessEvent>);
+
+impl WitnessEvents {
+    /// The next event of `events`, if there is a witness; never resolves otherwise.
+    pub async fn next(events: &mut Option<WitnessEvents>) -> Option<WitnessEvent> {
+        match events {
+            Some(events) => events.0.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// The coordinator's handle on the witness connection.
+pub struct WitnessLink {
+    client: AsyncClient,
+    /// Whether the connection is up and subscribed (heartbeats are not queued otherwise).
+    connected: Arc<AtomicBool>,
+    node: NodeId,
+    topics: Topics,
+    /// `host:port`, for logs and /health.
+    addr: String,
+}
+
+impl WitnessLink {
+    /// Starts the connection on `tracker`; it reconnects by itself and ends when its
+    /// events are dropped.
+    pub fn start(
+        settings: &WitnessSettings,
+        cluster: &str,
+        node: &NodeId,
+        topics: &Topics,
+        tracker: &TaskTracker,
+    ) -> (WitnessLink, WitnessEvents) {
+        let mut options = MqttOptions::new(
+            format!("roost-{cluster}-{node}-witness"),
+            settings.mqtt.host.clone(),
+            settings.mqtt.port,
+        );
+        options
+            .set_keep_alive(KEEP_ALIVE)
+            .set_clean_session(true)
+            .set_max_packet_size(64 * 1024, 64 * 1024);
+        if let (Some(user), Some(password)) = (&settings.username, &settings.password) {
+            options.set_credentials(user.clone(), password.clone());
+        }
+        let (client, eventloop) = AsyncClient::new(options, REQUESTS);
+        let connected = Arc::new(AtomicBool::new(false));
+        let (tx, events) = mpsc::channel(256);
+        let addr = settings.mqtt.to_string();
+        let task = Task {
+            client: client.clone(),
+            connected: connected.clone(),
+            events: tx,
+            me: node.to_string(),
+            topics: topics.clone(),
+            claims: BTreeMap::new(),
+            addr: addr.clone(),
+        };
+        tracker.spawn(task.run(eventloop));
+        let link = WitnessLink {
+            client,
+            connected,
+            node: node.clone(),
+            topics: topics.clone(),
+            addr,
+        };
+        (link, WitnessEvents(events))
+    }
+
+    /// Where the witness is (`host:port`).
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Sends a heartbeat through the witness, if it is connected (QoS 0: a late heartbeat
+    /// is worth nothing).
+    pub fn heartbeat(&self, payload: Vec<u8>) {
+        if !self.connected.load(Ordering::Acquire) {
+            return;
+        }
+        let topic = self.topics.witness_heartbeat(&self.node);
+        if let Err(e) = self
+            .client
+            .try_publish(topic, QoS::AtMostOnce, false, payload)
+        {
+            tracing::debug!(error = %e, "heartbeat to the witness not sent");
+        }
+    }
+
+    /// Claims the witness's vote for `term`; the answer comes as [`WitnessEvent::Decided`].
+    pub fn claim(&self, term: u64) {
+        let claim = Claim {
+            node: self.node.to_string(),
+            term,
+        };
+        let payload = serde_json::to_vec(&claim).unwrap_or_default();
+        let topic = self.topics.witness_claim(&self.node);
+        if let Err(e) = self
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, true, payload)
+        {
+            tracing::warn!(term, error = %e, "could not claim the witness's vote");
+        }
+    }
+}
+
+/// The connection task.
+struct Task {
+    client: AsyncClient,
+    connected: Arc<AtomicBool>,
+    events: mpsc::Sender<WitnessEvent>,
+    me: String,
+    topics: Topics,
+    /// Each node's latest claim seen on this connection.
+    claims: BTreeMap<String, u64>,
+    addr: String,
+}
+
+impl Task {
+    async fn run(mut self, mut eventloop: EventLoop) {
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+        let mut up = false;
+        let mut last_error = String::new();
+        loop {
+            let polled = tokio::select! {
+                polled = eventloop.poll() => polled,
+                () = self.events.closed() => return,
+            };
+            match polled {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    backoff.reset();
+                    // A new session: the retained claims that come with the subscription
+                    // are the whole picture again.
+                    self.claims.clear();
+                    let filters = vec![
+                        SubscribeFilter::new(self.topics.witness_claims(), QoS::AtLeastOnce),
+                        SubscribeFilter::new(self.topics.witness_heartbeats(), QoS::AtMostOnce),
+                    ];
+                    if let Err(e) = self.client.try_subscribe_many(filters) {
+                        tracing::warn!(error = %e, "could not subscribe on the witness");
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    let refused = ack
+                        .return_codes
+                        .iter()
+                        .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure));
+                    if refused {
+                        tracing::error!(
+                            witness = %self.addr,
+                            "the witness broker refused the subscriptions; it must let this node read and write {}/witness/#",
+                            self.topics.witness_claims().trim_end_matches("/claim/+")
+                        );
+                    } else {
+                        up = true;
+                        last_error.clear();
+                        self.connected.store(true, Ordering::Release);
+                        self.send(WitnessEvent::Up).await;
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => self.on_publish(publish).await,
+                Ok(_) => {}
+                Err(e) => {
+                    self.connected.store(false, Ordering::Release);
+                    let error = e.to_string();
+                    if std::mem::take(&mut up) {
+                        self.send(WitnessEvent::Down(error.clone())).await;
+                    } else if error != last_error {
+                        tracing::warn!(witness = %self.addr, %error, "cannot reach the witness; retrying with backoff");
+                    }
+                    last_error = error;
+                    let wait = backoff.next_wait();
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = self.events.closed() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send(&self, event: WitnessEvent) {
+        // The coordinator gone means the node stops; `run` notices.
+        let _ = self.events.send(event).await;
+    }
+
+    async fn on_publish(&mut self, publish: Publish) {
+        let topic = publish.topic.clone();
+        let claims = self.topics.witness_claims();
+        let claim_prefix = claims.trim_end_matches('+');
+        if let Some(node) = topic.strip_prefix(claim_prefix) {
+            let node = node.to_owned();
+            self.on_claim(topic, node, &publish).await;
+            return;
+        }
+        match serde_json::from_slice::<Heartbeat>(&publish.payload) {
+            Ok(hb) => self.send(WitnessEvent::Heartbeat(hb)).await,
+            Err(e) => {
+                self.send(WitnessEvent::Bad {
+                    topic,
+                    error: e.to_string(),
+                })
+                .await;
+            }
+        }
+    }
+
+    async fn on_claim(&mut self, topic: String, node: String, publish: &Publish) {
+        if publish.payload.is_empty() {
+            // Someone cleared the node's claim: nothing claimed any more.
+            self.claims.remove(&node);
+            return;
+        }
+        let claim = match serde_json::from_slice::<Claim>(&publish.payload) {
+            Ok(claim) if claim.node == node => claim,
+            Ok(claim) => {
+                let error = format!("a claim for {} on {node}'s topic", claim.node);
+                self.send(WitnessEvent::Bad { topic, error }).await;
+                return;
+            }
+            Err(e) => {
+                let error = e.to_string();
+                self.send(WitnessEvent::Bad { topic, error }).await;
+                return;
+            }
+        };
+        // A live message (not retained) is one the broker processed after the
+        // subscription: for this node's own claim, everything before it is in `claims`.
+        let live = !publish.retain;
+        if node == self.me && live {
+            let won = self
+                .claims
+                .iter()
+                .filter(|(n, _)| **n != self.me)
+                .all(|(_, term)| *term < claim.term);
+            self.send(WitnessEvent::Decided {
+                term: claim.term,
+                won,
+            })
+            .await;
+        } else if live {
+            self.send(WitnessEvent::Claim {
+                node: node.clone(),
+                term: claim.term,
+            })
+            .await;
+        }
+        // A node's claims only grow; a stale one replayed late does not lower the mark.
+        let latest = self.claims.entry(node).or_default();
+        *latest = (*latest).max(claim.term);
+    }
+}
