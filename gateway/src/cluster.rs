@@ -153,11 +153,6 @@ impl ClusterView {
         }
     }
 
-    /// Whether this node is alone in its cluster (no peers configured).
-    pub fn is_single(&self) -> bool {
-        self.read(|v| v.members.len() == 1)
-    }
-
     /// Records `leader` as the lease holder for `term`.
     pub fn set_leader(&self, leader: Option<NodeId>, term: u64) {
         // A poisoned lock means a reader panicked; the view itself is still consistent.
@@ -310,7 +305,6 @@ mod tests {
     #[test]
     fn single_node_leads_and_is_healthy() {
         let view = ClusterView::new(&settings(""), None);
-        assert!(view.is_single());
         assert_eq!(view.health().status, "unhealthy");
         view.set_leader(Some(NodeId::parse("node-a").unwrap()), 3);
         let h = view.health();
@@ -328,7 +322,6 @@ mod tests {
             &settings("{ id = \"node-b\", mqtt = \"127.0.0.1:1884\" }"),
             None,
         );
-        assert!(!view.is_single());
         let h = view.health();
         assert_eq!(
             (h.status, h.cluster_nodes, h.healthy_nodes),
