@@ -1,4 +1,6 @@
-//! Partition: a three-node cluster on a real (virtual) network is cut in two, and heals.
+//! Partition: a three-node cluster on a real (virtual) network is cut in two, and heals; and
+//! a pair with a witness, cut apart, keeps exactly one leader, the one that reaches the
+//! witness.
 //!
 //! The test builds its own network and removes it again, as root:
 //! - a "hub" network namespace holding a Linux bridge, and one namespace per node;
@@ -17,6 +19,11 @@
 //! the two others must elect one of themselves in a higher term. After the port comes back up
 //! all three must agree on one leader in a term above the first, and a retained message
 //! published on each side during the cut must be served by every node.
+//!
+//! The pair's witness is a Mosquitto broker in the hub namespace, on the bridge's own address
+//! `10.R.0.254`. Its cuts are routes: a blackhole route in a node's namespace for an address
+//! drops everything that node sends there, so the pair's mesh can be cut while both still
+//! reach the witness, and then the leader's way to the witness too.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -68,26 +75,30 @@ struct Net {
     hub_veth: Vec<String>,
     /// Each node's address.
     node_ip: Vec<String>,
+    /// The bridge's own address, in the hub namespace.
+    hub_ip: String,
     /// Every namespace created so far, deleted on drop.
     created: Vec<String>,
 }
 
 impl Net {
-    /// Builds the network; `Err` only when the first namespace cannot be created.
-    fn setup() -> Result<Net, String> {
+    /// Builds the network for the first `nodes` of `IDS`, with the bridge itself at
+    /// `10.R.0.254` (where a witness can listen).
+    fn setup_for(nodes: usize) -> Result<Net, String> {
         let pid = std::process::id();
         // 10.1.x.x up to 10.250.x.x: only this run's namespaces ever see these addresses.
         let subnet = pid % 250 + 1;
         let mut net = Net {
             hub: format!("roost-part-{pid}-hub"),
-            node_ns: (0..IDS.len())
+            node_ns: (0..nodes)
                 .map(|i| format!("roost-part-{pid}-{i}"))
                 .collect(),
             // Interface names are at most 15 bytes: "rp" + a pid of at most 7 digits + 2.
-            hub_veth: (0..IDS.len()).map(|i| format!("rp{pid}h{i}")).collect(),
-            node_ip: (0..IDS.len())
+            hub_veth: (0..nodes).map(|i| format!("rp{pid}h{i}")).collect(),
+            node_ip: (0..nodes)
                 .map(|i| format!("10.{subnet}.0.{}", i + 1))
                 .collect(),
+            hub_ip: format!("10.{subnet}.0.254"),
             created: Vec::new(),
         };
         // A namespace named after our pid is left over from a dead run that had it before us.
@@ -99,7 +110,9 @@ impl Net {
         ip_setup(&["-n", &net.hub, "link", "set", "lo", "up"]);
         ip_setup(&["-n", &net.hub, "link", "add", "br0", "type", "bridge"]);
         ip_setup(&["-n", &net.hub, "link", "set", "br0", "up"]);
-        for i in 0..IDS.len() {
+        let hub_addr = format!("{}/24", net.hub_ip);
+        ip_setup(&["-n", &net.hub, "addr", "add", &hub_addr, "dev", "br0"]);
+        for i in 0..nodes {
             let ns = net.node_ns[i].clone();
             let hub_veth = net.hub_veth[i].clone();
             let node_veth = format!("rp{pid}n{i}");
@@ -123,6 +136,35 @@ impl Net {
     fn set_link(&self, i: usize, up: bool) {
         let state = if up { "up" } else { "down" };
         ip_setup(&["-n", &self.hub, "link", "set", &self.hub_veth[i], state]);
+    }
+
+    /// Makes node `i` drop everything it sends to `addr` (`blocked`), or stop doing so.
+    fn block(&self, i: usize, addr: &str, blocked: bool) {
+        let verb = if blocked { "add" } else { "del" };
+        let dest = format!("{addr}/32");
+        ip_setup(&["-n", &self.node_ns[i], "route", verb, "blackhole", &dest]);
+    }
+
+    /// Starts Mosquitto in the hub namespace on the bridge's address, port 1883.
+    fn start_witness(&self, dir: &Path) -> ChildGuard {
+        let conf = dir.join("witness.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {MQTT_PORT} {}\nallow_anonymous true\n",
+                self.hub_ip
+            ),
+        )
+        .expect("the witness config is writable in the temp dir");
+        ChildGuard(
+            Command::new("ip")
+                .args(["netns", "exec", &self.hub, "mosquitto", "-c"])
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("mosquitto is installed (apt-get install mosquitto)"),
+        )
     }
 }
 
@@ -154,17 +196,22 @@ struct View {
     status: String,
     leader: Option<String>,
     term: u64,
+    /// Its outbound mesh links that are up.
+    links_up: usize,
+    /// Whether its witness connection is up (false without a witness).
+    witness: bool,
 }
 
 /// Each node's `/health`, or why it gave none.
 type Views = Vec<Result<View, String>>;
 
 impl NsNode {
-    /// Writes node `i`'s config into `dir`, starts it in its namespace, waits for `Ready.`.
-    fn start(net: &Net, i: usize, dir: &Path) -> NsNode {
+    /// Writes node `i`'s config into `dir` (with `cluster_extra` in its `[cluster]`), starts
+    /// it in its namespace, waits for `Ready.`.
+    fn start(net: &Net, i: usize, dir: &Path, cluster_extra: &str) -> NsNode {
         let id = IDS[i];
         let ip = net.node_ip[i].clone();
-        let peers: Vec<String> = (0..IDS.len())
+        let peers: Vec<String> = (0..net.node_ip.len())
             .filter(|&j| j != i)
             .map(|j| {
                 format!(
@@ -178,7 +225,7 @@ impl NsNode {
              [mqtt]\nlisten = \"{ip}:{MQTT_PORT}\"\n\n\
              [http]\nlisten = \"{ip}:{HTTP_PORT}\"\n\n\
              [demo]\nenabled = false\n\n\
-             [cluster]\nname = \"part\"\npeers = [ {} ]\n",
+             [cluster]\nname = \"part\"\npeers = [ {} ]\n{cluster_extra}\n",
             dir.join(id).display(),
             peers.join(", ")
         );
@@ -278,6 +325,10 @@ impl NsNode {
             term: json["term"]
                 .as_u64()
                 .ok_or_else(|| format!("/health has no numeric term: {body}"))?,
+            links_up: json["peers"]
+                .as_array()
+                .map_or(0, |p| p.iter().filter(|p| p["outbound"] == "up").count()),
+            witness: json["witness"]["connected"] == true,
         })
     }
 
@@ -340,11 +391,13 @@ fn describe(nodes: &[NsNode], views: &Views) -> String {
         .zip(views)
         .map(|(node, view)| match view {
             Ok(v) => format!(
-                "  {}: status={} leader={} term={}",
+                "  {}: status={} leader={} term={} links_up={} witness={}",
                 node.id,
                 v.status,
                 v.leader.as_deref().unwrap_or("null"),
-                v.term
+                v.term,
+                v.links_up,
+                v.witness
             ),
             Err(e) => format!("  {}: no health ({e})", node.id),
         })
@@ -388,24 +441,32 @@ fn agreed(views: &Views, which: &[usize]) -> Option<(String, u64)> {
     agreed
 }
 
-#[test]
-fn a_partitioned_leader_steps_down_and_the_cluster_heals() {
-    let dir = tempfile::tempdir().expect("a writable temp dir");
-    let net = match Net::setup() {
-        Ok(net) => net,
+/// The network for `nodes` nodes, or `None` after a loud message where namespaces cannot be
+/// created (the only skip).
+fn network(nodes: usize) -> Option<Net> {
+    match Net::setup_for(nodes) {
+        Ok(net) => Some(net),
         Err(e) => {
             eprintln!(
                 "\n==============================================================\n\
                  SKIPPED: network namespaces cannot be created here: {e}\n\
-                 The partition test needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN) and iproute2.\n\
+                 The partition tests need root (CAP_SYS_ADMIN and CAP_NET_ADMIN) and iproute2.\n\
                  ==============================================================\n"
             );
-            return;
+            None
         }
+    }
+}
+
+#[test]
+fn a_partitioned_leader_steps_down_and_the_cluster_heals() {
+    let dir = tempfile::tempdir().expect("a writable temp dir");
+    let Some(net) = network(IDS.len()) else {
+        return;
     };
     // Declared after `net`, so dropped before it: the nodes die before their namespaces go.
     let nodes: Vec<NsNode> = (0..IDS.len())
-        .map(|i| NsNode::start(&net, i, dir.path()))
+        .map(|i| NsNode::start(&net, i, dir.path(), ""))
         .collect();
     let all: Vec<usize> = (0..nodes.len()).collect();
 
@@ -497,5 +558,104 @@ fn a_partitioned_leader_steps_down_and_the_cluster_heals() {
             );
             std::thread::sleep(POLL);
         }
+    }
+}
+
+#[test]
+fn a_pair_cut_apart_keeps_one_leader_the_one_that_reaches_the_witness() {
+    let dir = tempfile::tempdir().expect("a writable temp dir");
+    let Some(net) = network(2) else {
+        return;
+    };
+    // Declared after `net`, so dropped before it.
+    let _witness = net.start_witness(dir.path());
+    let witness = format!("[cluster.witness]\nmqtt = \"{}:{MQTT_PORT}\"", net.hub_ip);
+    let nodes: Vec<NsNode> = (0..2)
+        .map(|i| NsNode::start(&net, i, dir.path(), &witness))
+        .collect();
+    let both = [0, 1];
+
+    // 1. One leader, both linked to each other and to the witness.
+    let views = wait_for(
+        &nodes,
+        "both agree on a leader, with their mesh links and the witness up",
+        FIRST_AGREEMENT_TIMEOUT,
+        |v| {
+            agreed(v, &both).is_some()
+                && v.iter()
+                    .all(|v| v.as_ref().is_ok_and(|v| v.links_up == 1 && v.witness))
+        },
+    );
+    let (leader_id, term) = agreed(&views, &both).expect("the wait above checked this");
+    let leader = IDS
+        .iter()
+        .position(|id| *id == leader_id)
+        .unwrap_or_else(|| panic!("the agreed leader {leader_id:?} is not a member"));
+    let follower = 1 - leader;
+
+    // 2. Cut the mesh between them; both still reach the witness, which carries the
+    // leader's heartbeats and acknowledges it: the same leader, the same term.
+    eprintln!("partition: cutting the mesh between the pair");
+    net.block(leader, &net.node_ip[follower], true);
+    net.block(follower, &net.node_ip[leader], true);
+    wait_for(
+        &nodes,
+        &format!("the mesh is down both ways and both still follow {leader_id} in term {term}"),
+        EVENT_TIMEOUT,
+        |v| {
+            v.iter().all(|v| v.as_ref().is_ok_and(|v| v.links_up == 0))
+                && agreed(v, &both) == Some((leader_id.clone(), term))
+        },
+    );
+
+    // 3. The leader loses the witness too: it is alone, a minority of one of three votes,
+    // and steps down; the follower wins the witness's vote in a higher term.
+    eprintln!("partition: cutting {leader_id} off the witness");
+    net.block(leader, &net.hub_ip, true);
+    let views = wait_for(
+        &nodes,
+        &format!("{leader_id} stepped down and the other node leads above term {term}"),
+        EVENT_TIMEOUT,
+        |v| {
+            let old = v[leader].as_ref().is_ok_and(|m| m.leader.is_none());
+            let new = v[follower]
+                .as_ref()
+                .is_ok_and(|m| m.leader.as_deref() == Some(IDS[follower]) && m.term > term);
+            old && new
+        },
+    );
+    let cut_term = views[follower].as_ref().map_or(0, |v| v.term);
+
+    // 4. Heal: one leader again, seen by both, in a term not below the one of the cut.
+    eprintln!("partition: healing");
+    net.block(leader, &net.hub_ip, false);
+    net.block(leader, &net.node_ip[follower], false);
+    net.block(follower, &net.node_ip[leader], false);
+    wait_for(
+        &nodes,
+        &format!("both healthy and agreed on a leader at or above term {cut_term}"),
+        EVENT_TIMEOUT,
+        |v| {
+            v.iter().all(|v| {
+                v.as_ref()
+                    .is_ok_and(|v| v.status == "healthy" && v.links_up == 1)
+            }) && agreed(v, &both).is_some_and(|(_, t)| t >= cut_term)
+        },
+    );
+    // Every election in both logs: one leader per term.
+    let mut by_term = std::collections::BTreeMap::<u64, Vec<&str>>::new();
+    for node in &nodes {
+        let log = std::fs::read_to_string(&node.stderr_path).unwrap_or_default();
+        for line in log.lines().filter(|l| l.contains("elected leader")) {
+            let elected = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("term="))
+                .and_then(|t| t.parse().ok())
+                .expect("an election line names its term");
+            by_term.entry(elected).or_default().push(node.id);
+        }
+    }
+    for (term, leaders) in &by_term {
+        assert_eq!(leaders.len(), 1, "term {term} had leaders {leaders:?}");
     }
 }
