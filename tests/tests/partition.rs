@@ -83,18 +83,20 @@ struct Net {
 
 impl Net {
     /// Builds the network for the first `nodes` of `IDS`, with the bridge itself at
-    /// `10.R.0.254` (where a witness can listen).
-    fn setup_for(nodes: usize) -> Result<Net, String> {
+    /// `10.R.0.254` (where a witness can listen). `tag` (one letter) tells apart the
+    /// networks of tests running at once in one process.
+    fn setup_for(tag: char, nodes: usize) -> Result<Net, String> {
         let pid = std::process::id();
         // 10.1.x.x up to 10.250.x.x: only this run's namespaces ever see these addresses.
         let subnet = pid % 250 + 1;
         let mut net = Net {
-            hub: format!("roost-part-{pid}-hub"),
+            hub: format!("roost-part-{tag}{pid}-hub"),
             node_ns: (0..nodes)
-                .map(|i| format!("roost-part-{pid}-{i}"))
+                .map(|i| format!("roost-part-{tag}{pid}-{i}"))
                 .collect(),
-            // Interface names are at most 15 bytes: "rp" + a pid of at most 7 digits + 2.
-            hub_veth: (0..nodes).map(|i| format!("rp{pid}h{i}")).collect(),
+            // Interface names are at most 15 bytes: "rp", the tag, a pid of at most 7
+            // digits, and 2 more.
+            hub_veth: (0..nodes).map(|i| format!("rp{tag}{pid}h{i}")).collect(),
             node_ip: (0..nodes)
                 .map(|i| format!("10.{subnet}.0.{}", i + 1))
                 .collect(),
@@ -115,7 +117,7 @@ impl Net {
         for i in 0..nodes {
             let ns = net.node_ns[i].clone();
             let hub_veth = net.hub_veth[i].clone();
-            let node_veth = format!("rp{pid}n{i}");
+            let node_veth = format!("rp{tag}{pid}n{i}");
             let addr = format!("{}/24", net.node_ip[i]);
             ip_setup(&["netns", "add", &ns]);
             net.created.push(ns.clone());
@@ -442,10 +444,17 @@ fn agreed(views: &Views, which: &[usize]) -> Option<(String, u64)> {
 }
 
 /// The network for `nodes` nodes, or `None` after a loud message where namespaces cannot be
-/// created (the only skip).
-fn network(nodes: usize) -> Option<Net> {
-    match Net::setup_for(nodes) {
+/// created for want of permission or of `ip` (the only skip; any other failure fails).
+fn network(tag: char, nodes: usize) -> Option<Net> {
+    match Net::setup_for(tag, nodes) {
         Ok(net) => Some(net),
+        Err(e)
+            if !["not permitted", "Permission denied", "No such file"]
+                .iter()
+                .any(|cause| e.contains(cause)) =>
+        {
+            panic!("network setup failed: {e}")
+        }
         Err(e) => {
             eprintln!(
                 "\n==============================================================\n\
@@ -461,7 +470,7 @@ fn network(nodes: usize) -> Option<Net> {
 #[test]
 fn a_partitioned_leader_steps_down_and_the_cluster_heals() {
     let dir = tempfile::tempdir().expect("a writable temp dir");
-    let Some(net) = network(IDS.len()) else {
+    let Some(net) = network('t', IDS.len()) else {
         return;
     };
     // Declared after `net`, so dropped before it: the nodes die before their namespaces go.
@@ -564,7 +573,7 @@ fn a_partitioned_leader_steps_down_and_the_cluster_heals() {
 #[test]
 fn a_pair_cut_apart_keeps_one_leader_the_one_that_reaches_the_witness() {
     let dir = tempfile::tempdir().expect("a writable temp dir");
-    let Some(net) = network(2) else {
+    let Some(net) = network('w', 2) else {
         return;
     };
     // Declared after `net`, so dropped before it.
