@@ -11,9 +11,14 @@
 //! subscription time, or live since). The claim wins when no other node's claim it has seen
 //! is for the same term or a higher one: of two claims for one term, the one the broker
 //! processed second sees the first, so at most one wins.
+//!
+//! A broker that crashed may come back without the claims made since it last saved its
+//! retained messages. So on every new connection a node publishes its latest claim of this
+//! run again: the claims of the nodes that are up are restored before any of them may claim
+//! anew (a node claims only after its connection has been up for `down_after`).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -95,6 +100,8 @@ pub struct WitnessLink {
     client: AsyncClient,
     /// Whether the connection is up and subscribed (heartbeats are not queued otherwise).
     connected: Arc<AtomicBool>,
+    /// The latest term this node claimed in this run (0: none), restored on reconnect.
+    claimed: Arc<AtomicU64>,
     node: NodeId,
     topics: Topics,
     /// `host:port`, for logs and /health.
@@ -125,13 +132,15 @@ impl WitnessLink {
         }
         let (client, eventloop) = AsyncClient::new(options, REQUESTS);
         let connected = Arc::new(AtomicBool::new(false));
+        let claimed = Arc::new(AtomicU64::new(0));
         let (tx, events) = mpsc::channel(256);
         let addr = settings.mqtt.to_string();
         let task = Task {
             client: client.clone(),
             connected: connected.clone(),
+            claimed: claimed.clone(),
             events: tx,
-            me: node.to_string(),
+            me: node.clone(),
             topics: topics.clone(),
             claims: BTreeMap::new(),
             addr: addr.clone(),
@@ -140,6 +149,7 @@ impl WitnessLink {
         let link = WitnessLink {
             client,
             connected,
+            claimed,
             node: node.clone(),
             topics: topics.clone(),
             addr,
@@ -169,18 +179,21 @@ impl WitnessLink {
 
     /// Claims the witness's vote for `term`; the answer comes as [`WitnessEvent::Decided`].
     pub fn claim(&self, term: u64) {
-        let claim = Claim {
-            node: self.node.to_string(),
-            term,
-        };
-        let payload = serde_json::to_vec(&claim).unwrap_or_default();
-        let topic = self.topics.witness_claim(&self.node);
-        if let Err(e) = self
-            .client
-            .try_publish(topic, QoS::AtLeastOnce, true, payload)
-        {
-            tracing::warn!(term, error = %e, "could not claim the witness's vote");
-        }
+        self.claimed.fetch_max(term, Ordering::AcqRel);
+        publish_claim(&self.client, &self.topics, &self.node, term);
+    }
+}
+
+/// Publishes `node`'s claim for `term`: retained, QoS 1.
+fn publish_claim(client: &AsyncClient, topics: &Topics, node: &NodeId, term: u64) {
+    let claim = Claim {
+        node: node.to_string(),
+        term,
+    };
+    let payload = serde_json::to_vec(&claim).unwrap_or_default();
+    let topic = topics.witness_claim(node);
+    if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, true, payload) {
+        tracing::warn!(term, error = %e, "could not claim the witness's vote");
     }
 }
 
@@ -188,8 +201,9 @@ impl WitnessLink {
 struct Task {
     client: AsyncClient,
     connected: Arc<AtomicBool>,
+    claimed: Arc<AtomicU64>,
     events: mpsc::Sender<WitnessEvent>,
-    me: String,
+    me: NodeId,
     topics: Topics,
     /// Each node's latest claim seen on this connection.
     claims: BTreeMap<String, u64>,
@@ -218,6 +232,11 @@ impl Task {
                     ];
                     if let Err(e) = self.client.try_subscribe_many(filters) {
                         tracing::warn!(error = %e, "could not subscribe on the witness");
+                    }
+                    // After the subscription, so that its echo is heard like any claim's.
+                    let claimed = self.claimed.load(Ordering::Acquire);
+                    if claimed > 0 {
+                        publish_claim(&self.client, &self.topics, &self.me, claimed);
                     }
                 }
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
@@ -307,11 +326,11 @@ impl Task {
         // A live message (not retained) is one the broker processed after the
         // subscription: for this node's own claim, everything before it is in `claims`.
         let live = !publish.retain;
-        if node == self.me && live {
+        if node == self.me.as_str() && live {
             let won = self
                 .claims
                 .iter()
-                .filter(|(n, _)| **n != self.me)
+                .filter(|(n, _)| n.as_str() != self.me.as_str())
                 .all(|(_, term)| *term < claim.term);
             self.send(WitnessEvent::Decided {
                 term: claim.term,

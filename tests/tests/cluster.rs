@@ -528,6 +528,24 @@ fn two_nodes_with_a_witness_elect_a_leader_while_either_is_down() {
         .count();
     assert!(won >= 6, "witness votes won: {won}");
     one_leader_per_term(&cluster, 2, 7);
+    // A witness that comes back without its retained messages (a crash before it saved
+    // them) gets the claims back from the nodes as they reconnect.
+    let last = *survivors_seen.last().expect("six rounds ran");
+    let (_, health) = cluster.node(last).health();
+    let last_term = health["term"].as_u64().expect("a numeric term");
+    let port = witness.port;
+    drop(witness);
+    let _witness = Mosquitto::start_on(port).expect("mosquitto restarts on its port");
+    let topic = format!("roost/{}/witness/claim/{}", cluster.name, cluster.id(last));
+    let out = std::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", &topic])
+        .args(["-C", "1", "-W", "15"])
+        .output()
+        .expect("mosquitto_sub is installed");
+    let claim: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no restored claim on {topic} ({e}): {out:?}"));
+    assert_eq!(claim["node"], cluster.id(last));
+    assert_eq!(claim["term"].as_u64(), Some(last_term));
     failovers.sort_unstable();
     let line = format!(
         "failover of a pair with a witness (kill -9 to new leader), 6 runs: min {} ms, median {} ms, max {} ms",
