@@ -326,7 +326,8 @@ pub struct ClusterSettings {
     pub heartbeat_interval: Duration,
     /// `cluster.missed_heartbeats`: a member is down after this many intervals unheard, and
     /// a dead leader is replaced a little after that (docs/cluster.md). Default 5 (1 s);
-    /// 2 to 100.
+    /// 4 to 100: a leader counts an acknowledgement for 0.4 × this many intervals, which
+    /// must span more than one interval (the next heartbeat) with room for delays.
     pub missed_heartbeats: u32,
     /// `[cluster.witness]`: an outside MQTT broker that counts as one more vote, for
     /// clusters with an even number of nodes. Default none.
@@ -997,7 +998,7 @@ impl ClusterConfig {
         let missed_heartbeats = v.ranged(
             "cluster.missed_heartbeats",
             self.missed_heartbeats,
-            2..=100,
+            4..=100,
             DEFAULT_MISSED_HEARTBEATS as usize,
         ) as u32;
         let witness = self

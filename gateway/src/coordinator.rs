@@ -356,14 +356,24 @@ impl Task {
                 let actions = self.lease.on_witness_claim(&node, term, now, jitter);
                 self.apply(actions).await;
             }
-            WitnessEvent::Decided { term, won } => {
+            WitnessEvent::Decided {
+                term,
+                won,
+                highest_other,
+                reclaim,
+            } => {
                 let result = if won { "won" } else { "lost" };
-                tracing::info!(term, result, "claim of the witness's vote decided");
-                self.metrics
-                    .witness_claims
-                    .with_label_values(&[result])
-                    .inc();
-                let actions = self.lease.on_witness_vote(term, won, now);
+                if reclaim {
+                    // The claim restored on a new connection: not a new claim.
+                    tracing::debug!(term, result, "restored claim of the witness's vote decided");
+                } else {
+                    tracing::info!(term, result, "claim of the witness's vote decided");
+                    self.metrics
+                        .witness_claims
+                        .with_label_values(&[result])
+                        .inc();
+                }
+                let actions = self.lease.on_witness_vote(term, won, highest_other, now);
                 self.apply(actions).await;
             }
             WitnessEvent::Bad { topic, error } => {

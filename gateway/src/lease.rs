@@ -272,13 +272,14 @@ impl Lease {
         }
     }
 
-    /// This node's own heartbeat came back through the witness.
+    /// This node's own heartbeat came back through the witness (over a connection that is
+    /// up: a late echo from a broken one is not an acknowledgement).
     pub fn on_witness_echo(&mut self, hb: &Heartbeat, now: Instant) {
         let leads = self.role == Role::Leader
             && hb.term == self.term
             && hb.leader.as_deref() == Some(self.me.as_str());
         if let Some(w) = &mut self.witness {
-            if leads {
+            if leads && w.up_since.is_some() {
                 w.echo = Some((now, hb.term));
             }
         }
@@ -313,10 +314,28 @@ impl Lease {
     }
 
     /// The witness ordered this node's claim for `term`: `won` when no other node had
-    /// claimed `term` or a higher one before it.
-    pub fn on_witness_vote(&mut self, term: u64, won: bool, now: Instant) -> Vec<Action> {
+    /// claimed `term` or a higher one before it; `highest_other` is the highest term another
+    /// node had claimed. A result that arrives while the witness is not ready (its connection
+    /// broke since the claim) counts for nothing; a lost claim teaches the term to beat.
+    pub fn on_witness_vote(
+        &mut self,
+        term: u64,
+        won: bool,
+        highest_other: u64,
+        now: Instant,
+    ) -> Vec<Action> {
         let mut actions = Vec::new();
-        if !won || term != self.term || self.role != Role::Candidate {
+        if !self.witness_ready(now) {
+            return actions;
+        }
+        if !won {
+            if highest_other > self.term {
+                // The next stand goes past it, instead of climbing one term at a time.
+                self.adopt(highest_other, &mut actions);
+            }
+            return actions;
+        }
+        if term != self.term || self.role != Role::Candidate {
             return actions;
         }
         if let Some(w) = &mut self.witness {
@@ -925,14 +944,14 @@ mod tests {
         let stand = b.on_tick(t0 + ms(6_300), 0.0);
         assert!(stand.contains(&Action::ClaimWitness(1)), "{stand:?}");
         // A claim the witness ordered behind another node's is no vote.
-        assert!(b.on_witness_vote(1, false, t0 + ms(6_310)).is_empty());
+        assert!(b.on_witness_vote(1, false, 1, t0 + ms(6_310)).is_empty());
         assert_eq!(b.role(), Role::Candidate);
         // A vote for an older term counts for nothing either.
         let retry = b.on_tick(t0 + ms(6_600), 0.0);
         assert!(retry.contains(&Action::ClaimWitness(2)), "{retry:?}");
-        assert!(b.on_witness_vote(1, true, t0 + ms(6_610)).is_empty());
+        assert!(b.on_witness_vote(1, true, 0, t0 + ms(6_610)).is_empty());
         assert_eq!(
-            b.on_witness_vote(2, true, t0 + ms(6_620)),
+            b.on_witness_vote(2, true, 0, t0 + ms(6_620)),
             [Action::Elected(2)]
         );
     }
@@ -944,7 +963,7 @@ mod tests {
         a.witness_up(t0);
         a.on_tick(t0 + ms(1_250), 0.0);
         assert_eq!(
-            a.on_witness_vote(1, true, t0 + ms(1_260)),
+            a.on_witness_vote(1, true, 0, t0 + ms(1_260)),
             [Action::Elected(1)]
         );
         // Its heartbeats come back through the witness: the lease holds with b dead.
@@ -965,7 +984,7 @@ mod tests {
         let mut a = pair_with_witness("a", t0);
         a.witness_up(t0);
         a.on_tick(t0 + ms(1_250), 0.0);
-        a.on_witness_vote(1, true, t0 + ms(1_260));
+        a.on_witness_vote(1, true, 0, t0 + ms(1_260));
         // Past the fresh election's grace, the witness's echo is its only acknowledgement.
         let t1 = t0 + ms(1_700);
         a.on_witness_echo(&hb("a", 1, Some("a")), t1);
@@ -992,5 +1011,46 @@ mod tests {
         assert!(b
             .on_tick(t0 + ms(6_200), 0.0)
             .contains(&Action::ClaimWitness(1)));
+    }
+
+    #[test]
+    fn a_result_after_the_witness_connection_broke_counts_for_nothing() {
+        let t0 = Instant::now();
+        let mut b = pair_with_witness("b", t0);
+        b.witness_up(t0);
+        let stand = b.on_tick(t0 + ms(1_250), 0.0);
+        assert!(stand.contains(&Action::ClaimWitness(1)), "{stand:?}");
+        // The connection breaks before the echo; a stale echo handed out after it is ignored.
+        b.witness_down();
+        b.witness_up(t0 + ms(1_300));
+        assert!(b.on_witness_vote(1, true, 0, t0 + ms(1_310)).is_empty());
+        assert_eq!(b.role(), Role::Candidate);
+        // Nor does a late echo of its heartbeat acknowledge a leader over a broken link.
+        let mut a = pair_with_witness("a", t0);
+        a.witness_up(t0);
+        a.on_tick(t0 + ms(1_250), 0.0);
+        a.on_witness_vote(1, true, 0, t0 + ms(1_260));
+        a.witness_down();
+        a.on_witness_echo(&hb("a", 1, Some("a")), t0 + ms(1_600));
+        assert_eq!(a.on_tick(t0 + ms(1_700), 0.0), [Action::SteppedDown(1)]);
+    }
+
+    #[test]
+    fn a_lost_claim_teaches_the_term_to_beat() {
+        let t0 = Instant::now();
+        let mut b = pair_with_witness("b", t0);
+        b.witness_up(t0);
+        b.on_tick(t0 + ms(1_250), 0.0);
+        // A claim of the dead node at term 500 is on the witness: b jumps past it.
+        let lost = b.on_witness_vote(1, false, 500, t0 + ms(1_260));
+        assert_eq!(
+            lost,
+            [Action::Persist {
+                term: 500,
+                voted_for: None
+            }]
+        );
+        let again = b.on_tick(t0 + ms(1_260) + ms(1_500), 0.0);
+        assert!(again.contains(&Action::ClaimWitness(501)), "{again:?}");
     }
 }

@@ -18,8 +18,8 @@
 //! anew (a node claims only after its connection has been up for `down_after`).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use roost_broker::Backoff;
@@ -65,6 +65,10 @@ pub enum WitnessEvent {
         term: u64,
         /// Whether no other node had claimed this term or a higher one before it.
         won: bool,
+        /// The highest term another node had claimed before it (0: none).
+        highest_other: u64,
+        /// Whether this was the claim published again on a new connection.
+        reclaim: bool,
     },
     /// A message on the witness's topics that does not parse.
     Bad {
@@ -100,8 +104,9 @@ pub struct WitnessLink {
     client: AsyncClient,
     /// Whether the connection is up and subscribed (heartbeats are not queued otherwise).
     connected: Arc<AtomicBool>,
-    /// The latest term this node claimed in this run (0: none), restored on reconnect.
-    claimed: Arc<AtomicU64>,
+    /// The latest term this node claimed in this run (0: none), restored on reconnect. The
+    /// lock is held across the publish, so claims enter the connection in term order.
+    claimed: Arc<Mutex<u64>>,
     node: NodeId,
     topics: Topics,
     /// `host:port`, for logs and /health.
@@ -132,7 +137,7 @@ impl WitnessLink {
         }
         let (client, eventloop) = AsyncClient::new(options, REQUESTS);
         let connected = Arc::new(AtomicBool::new(false));
-        let claimed = Arc::new(AtomicU64::new(0));
+        let claimed = Arc::new(Mutex::new(0));
         let (tx, events) = mpsc::channel(256);
         let addr = settings.mqtt.to_string();
         let task = Task {
@@ -142,7 +147,8 @@ impl WitnessLink {
             events: tx,
             me: node.clone(),
             topics: topics.clone(),
-            claims: BTreeMap::new(),
+            claims: ClaimBook::default(),
+            reclaimed: None,
             addr: addr.clone(),
         };
         tracker.spawn(task.run(eventloop));
@@ -179,8 +185,10 @@ impl WitnessLink {
 
     /// Claims the witness's vote for `term`; the answer comes as [`WitnessEvent::Decided`].
     pub fn claim(&self, term: u64) {
-        self.claimed.fetch_max(term, Ordering::AcqRel);
-        publish_claim(&self.client, &self.topics, &self.node, term);
+        // The value is a plain number; a panic elsewhere cannot leave it half-written.
+        let mut claimed = self.claimed.lock().unwrap_or_else(PoisonError::into_inner);
+        *claimed = (*claimed).max(term);
+        publish_claim(&self.client, &self.topics, &self.node, *claimed);
     }
 }
 
@@ -190,10 +198,83 @@ fn publish_claim(client: &AsyncClient, topics: &Topics, node: &NodeId, term: u64
         node: node.to_string(),
         term,
     };
-    let payload = serde_json::to_vec(&claim).unwrap_or_default();
+    // Never an empty payload: that would delete the node's claim on the witness.
+    let payload = match serde_json::to_vec(&claim) {
+        Ok(payload) => payload,
+        Err(e) => {
+            tracing::error!(term, error = %e, "could not encode a claim of the witness's vote");
+            return;
+        }
+    };
     let topic = topics.witness_claim(node);
     if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, true, payload) {
         tracing::warn!(term, error = %e, "could not claim the witness's vote");
+    }
+}
+
+/// What a claim seen on the witness means for this node.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    /// Nothing to report: a retained claim, part of the picture at subscription.
+    Nothing,
+    /// Another node's live claim.
+    Claim { node: String, term: u64 },
+    /// This node's own claim came back.
+    Decided {
+        term: u64,
+        won: bool,
+        highest_other: u64,
+    },
+}
+
+/// Every node's highest claim seen on the current connection, and the rule that decides a
+/// claim: when this node's own claim comes back live, every claim the broker processed
+/// before it is in the book, and it wins if none of another node is for its term or higher.
+#[derive(Debug, Default)]
+struct ClaimBook {
+    latest: BTreeMap<String, u64>,
+}
+
+impl ClaimBook {
+    /// A new connection: the retained claims that come with the subscription are the whole
+    /// picture again.
+    fn clear(&mut self) {
+        self.latest.clear();
+    }
+
+    /// An empty retained message cleared `node`'s claim.
+    fn cleared(&mut self, node: &str) {
+        self.latest.remove(node);
+    }
+
+    /// Records `node`'s claim of `term`; `live` when the broker processed it after the
+    /// subscription (retain flag 0).
+    fn record(&mut self, me: &str, node: &str, term: u64, live: bool) -> Seen {
+        let seen = if !live {
+            Seen::Nothing
+        } else if node == me {
+            let highest_other = self
+                .latest
+                .iter()
+                .filter(|(n, _)| n.as_str() != me)
+                .map(|(_, t)| *t)
+                .max()
+                .unwrap_or(0);
+            Seen::Decided {
+                term,
+                won: highest_other < term,
+                highest_other,
+            }
+        } else {
+            Seen::Claim {
+                node: node.to_owned(),
+                term,
+            }
+        };
+        // A node's claims only grow; a stale one replayed late does not lower the mark.
+        let latest = self.latest.entry(node.to_owned()).or_default();
+        *latest = (*latest).max(term);
+        seen
     }
 }
 
@@ -201,12 +282,14 @@ fn publish_claim(client: &AsyncClient, topics: &Topics, node: &NodeId, term: u64
 struct Task {
     client: AsyncClient,
     connected: Arc<AtomicBool>,
-    claimed: Arc<AtomicU64>,
+    claimed: Arc<Mutex<u64>>,
     events: mpsc::Sender<WitnessEvent>,
     me: NodeId,
     topics: Topics,
     /// Each node's latest claim seen on this connection.
-    claims: BTreeMap<String, u64>,
+    claims: ClaimBook,
+    /// The term of the claim published again on this connection, until its echo.
+    reclaimed: Option<u64>,
     addr: String,
 }
 
@@ -223,8 +306,9 @@ impl Task {
             match polled {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     backoff.reset();
-                    // A new session: the retained claims that come with the subscription
-                    // are the whole picture again.
+                    // Packets of the broken connection that rumqttc read but had not handed
+                    // out yet: an old echo must not be decided against the new, empty book.
+                    eventloop.state.events.clear();
                     self.claims.clear();
                     let filters = vec![
                         SubscribeFilter::new(self.topics.witness_claims(), QoS::AtLeastOnce),
@@ -234,9 +318,10 @@ impl Task {
                         tracing::warn!(error = %e, "could not subscribe on the witness");
                     }
                     // After the subscription, so that its echo is heard like any claim's.
-                    let claimed = self.claimed.load(Ordering::Acquire);
-                    if claimed > 0 {
-                        publish_claim(&self.client, &self.topics, &self.me, claimed);
+                    let claimed = self.claimed.lock().unwrap_or_else(PoisonError::into_inner);
+                    if *claimed > 0 {
+                        publish_claim(&self.client, &self.topics, &self.me, *claimed);
+                        self.reclaimed = Some(*claimed);
                     }
                 }
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
@@ -247,9 +332,11 @@ impl Task {
                     if refused {
                         tracing::error!(
                             witness = %self.addr,
-                            "the witness broker refused the subscriptions; it must let this node read and write {}/witness/#",
+                            "the witness broker refused the subscriptions; it must let this node read and write {}/witness/#; retrying with backoff",
                             self.topics.witness_claims().trim_end_matches("/claim/+")
                         );
+                        // Through the error path below: backoff, then a new connection.
+                        let _ = self.client.try_disconnect();
                     } else {
                         up = true;
                         last_error.clear();
@@ -286,28 +373,28 @@ impl Task {
     async fn on_publish(&mut self, publish: Publish) {
         let topic = publish.topic.clone();
         let claims = self.topics.witness_claims();
-        let claim_prefix = claims.trim_end_matches('+');
-        if let Some(node) = topic.strip_prefix(claim_prefix) {
+        let heartbeats = self.topics.witness_heartbeats();
+        if let Some(node) = topic.strip_prefix(claims.trim_end_matches('+')) {
             let node = node.to_owned();
             self.on_claim(topic, node, &publish).await;
-            return;
-        }
-        match serde_json::from_slice::<Heartbeat>(&publish.payload) {
-            Ok(hb) => self.send(WitnessEvent::Heartbeat(hb)).await,
-            Err(e) => {
-                self.send(WitnessEvent::Bad {
-                    topic,
-                    error: e.to_string(),
-                })
-                .await;
+        } else if let Some(node) = topic.strip_prefix(heartbeats.trim_end_matches('+')) {
+            match serde_json::from_slice::<Heartbeat>(&publish.payload) {
+                Ok(hb) if hb.node == node => self.send(WitnessEvent::Heartbeat(hb)).await,
+                Ok(hb) => {
+                    let error = format!("a heartbeat of {} on {node}'s topic", hb.node);
+                    self.send(WitnessEvent::Bad { topic, error }).await;
+                }
+                Err(e) => {
+                    let error = e.to_string();
+                    self.send(WitnessEvent::Bad { topic, error }).await;
+                }
             }
         }
     }
 
     async fn on_claim(&mut self, topic: String, node: String, publish: &Publish) {
         if publish.payload.is_empty() {
-            // Someone cleared the node's claim: nothing claimed any more.
-            self.claims.remove(&node);
+            self.claims.cleared(&node);
             return;
         }
         let claim = match serde_json::from_slice::<Claim>(&publish.payload) {
@@ -323,29 +410,108 @@ impl Task {
                 return;
             }
         };
-        // A live message (not retained) is one the broker processed after the
-        // subscription: for this node's own claim, everything before it is in `claims`.
-        let live = !publish.retain;
-        if node == self.me.as_str() && live {
-            let won = self
-                .claims
-                .iter()
-                .filter(|(n, _)| n.as_str() != self.me.as_str())
-                .all(|(_, term)| *term < claim.term);
-            self.send(WitnessEvent::Decided {
-                term: claim.term,
+        let seen = self
+            .claims
+            .record(self.me.as_str(), &node, claim.term, !publish.retain);
+        match seen {
+            Seen::Nothing => {}
+            Seen::Claim { node, term } => self.send(WitnessEvent::Claim { node, term }).await,
+            Seen::Decided {
+                term,
                 won,
-            })
-            .await;
-        } else if live {
-            self.send(WitnessEvent::Claim {
-                node: node.clone(),
-                term: claim.term,
-            })
-            .await;
+                highest_other,
+            } => {
+                let reclaim = self.reclaimed == Some(term);
+                if reclaim {
+                    self.reclaimed = None;
+                }
+                self.send(WitnessEvent::Decided {
+                    term,
+                    won,
+                    highest_other,
+                    reclaim,
+                })
+                .await;
+            }
         }
-        // A node's claims only grow; a stale one replayed late does not lower the mark.
-        let latest = self.claims.entry(node).or_default();
-        *latest = (*latest).max(claim.term);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn of_two_claims_for_one_term_the_first_the_broker_processed_wins() {
+        // a's book: b's claim was processed first (live, after a's subscription).
+        let mut a = ClaimBook::default();
+        assert_eq!(
+            a.record("a", "b", 3, true),
+            Seen::Claim {
+                node: "b".into(),
+                term: 3
+            }
+        );
+        assert_eq!(
+            a.record("a", "a", 3, true),
+            Seen::Decided {
+                term: 3,
+                won: false,
+                highest_other: 3
+            }
+        );
+        // b's book: b's own claim came back before a's.
+        let mut b = ClaimBook::default();
+        assert_eq!(
+            b.record("b", "b", 3, true),
+            Seen::Decided {
+                term: 3,
+                won: true,
+                highest_other: 0
+            }
+        );
+    }
+
+    #[test]
+    fn retained_claims_count_against_a_claim_but_are_not_news() {
+        let mut book = ClaimBook::default();
+        // At subscription: the retained claims of both nodes, this one's included.
+        assert_eq!(book.record("a", "b", 7, false), Seen::Nothing);
+        assert_eq!(book.record("a", "a", 6, false), Seen::Nothing);
+        assert!(matches!(
+            book.record("a", "a", 7, true),
+            Seen::Decided {
+                won: false,
+                highest_other: 7,
+                ..
+            }
+        ));
+        assert!(matches!(
+            book.record("a", "a", 8, true),
+            Seen::Decided { won: true, .. }
+        ));
+    }
+
+    #[test]
+    fn a_mark_never_goes_down_but_a_cleared_claim_or_a_new_connection_resets_it() {
+        let mut book = ClaimBook::default();
+        book.record("a", "b", 9, true);
+        // A stale claim of b, replayed late, leaves b at 9.
+        book.record("a", "b", 4, true);
+        assert!(matches!(
+            book.record("a", "a", 9, true),
+            Seen::Decided { won: false, .. }
+        ));
+        book.cleared("b");
+        assert!(matches!(
+            book.record("a", "a", 10, true),
+            Seen::Decided { won: true, .. }
+        ));
+        book.record("a", "b", 11, true);
+        book.clear();
+        assert!(matches!(
+            book.record("a", "a", 11, true),
+            Seen::Decided { won: true, .. }
+        ));
     }
 }

@@ -502,7 +502,7 @@ impl Mosquitto {
             .stderr(Stdio::null())
             .spawn()
             .ok()?;
-        let process = ChildGuard(child);
+        let mut process = ChildGuard(child);
         let deadline = Instant::now() + START_TIMEOUT;
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if Instant::now() > deadline {
@@ -510,6 +510,11 @@ impl Mosquitto {
             }
             // Mosquitto gives no readiness signal but its open port.
             std::thread::sleep(Duration::from_millis(10));
+        }
+        // A Mosquitto that could not bind (another process took the port) has exited: the
+        // open port is someone else's.
+        if !matches!(process.0.try_wait(), Ok(None)) {
+            return None;
         }
         Some(Mosquitto {
             process,

@@ -637,6 +637,24 @@ fn a_pair_cut_apart_keeps_one_leader_the_one_that_reaches_the_witness() {
         },
     );
     let cut_term = views[follower].as_ref().map_or(0, |v| v.term);
+    // One leader at a time: the old leader had stepped down before the new one was elected
+    // (log lines start with their UTC time, so they compare as strings).
+    let line_time = |node: &NsNode, pattern: &str| -> String {
+        let log = std::fs::read_to_string(&node.stderr_path).unwrap_or_default();
+        log.lines()
+            .filter(|l| l.contains(pattern))
+            .last()
+            .and_then(|l| l.split_whitespace().next())
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no {pattern:?} in the log\n{}", node.log_tail()))
+    };
+    let stepped_down = line_time(&nodes[leader], "stepped down");
+    let elected = line_time(&nodes[follower], &format!("elected leader term={cut_term}"));
+    assert!(
+        stepped_down < elected,
+        "{leader_id} stepped down at {stepped_down}, after {} was elected at {elected}",
+        IDS[follower]
+    );
 
     // 4. Heal: one leader again, seen by both, in a term not below the one of the cut.
     eprintln!("partition: healing");
