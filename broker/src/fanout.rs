@@ -145,7 +145,6 @@ pub(crate) async fn dispatch(edge: Arc<Edge>, mut reader: LinkRx) {
                 .inc();
             continue;
         };
-        edge.mesh.forward(&message);
         if edge.subscribers.version.load(Ordering::SeqCst) != version {
             (version, members) = edge.subscribers.snapshot();
         }

@@ -6,6 +6,7 @@
 //! properties, for every message that enters.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -14,6 +15,7 @@ use crate::envelope::{self, Origin, Publication};
 use crate::error::Result;
 use crate::frame::PublishParts;
 use crate::ingress::Ingress;
+use crate::mesh::Forwarder;
 use crate::retained::{Change, Retained, Stored, Version};
 use crate::session::Outbound;
 
@@ -34,6 +36,9 @@ pub(crate) struct Intake {
     budget: Budget,
     /// The last key handed out (0 is the node's own origin).
     key: AtomicU64,
+    /// The cluster mesh's sending side, set once when the mesh is made: every message
+    /// routed here is handed to it, which forwards those that entered at this node.
+    forwarder: OnceLock<Arc<Forwarder>>,
 }
 
 impl Intake {
@@ -45,6 +50,14 @@ impl Intake {
             routed: AtomicU64::new(0),
             budget: Budget::new(BUDGET),
             key: AtomicU64::new(0),
+            forwarder: OnceLock::new(),
+        }
+    }
+
+    /// Hands every message routed from now on to the mesh (`Mesh::new`; once).
+    pub(crate) fn set_forwarder(&self, forwarder: Arc<Forwarder>) {
+        if self.forwarder.set(forwarder).is_err() {
+            tracing::error!("a second cluster mesh for one node: it forwards nothing");
         }
     }
 
@@ -63,8 +76,10 @@ impl Intake {
     /// Routes one message: a retained one (or a retained delete) is recorded first, so by
     /// the time a publisher is acknowledged its retained message is durable and every later
     /// subscriber is served it. Then it is numbered (after the record: a subscription that
-    /// misses it live finds it in the retained set), waits for room in the router's budget
-    /// and is appended to the router's log.
+    /// misses it live finds it in the retained set), handed to the mesh (which forwards it to
+    /// the peers if it entered here: one hop, so the other nodes receive it without waiting
+    /// for it to come back through this node's router), waits for room in the router's
+    /// budget and is appended to the router's log.
     ///
     /// A retained change of this node gets a new version; a peer's keeps the version it
     /// carries, and changes the set only when it is newer than what is there (the message
@@ -101,6 +116,9 @@ impl Intake {
         message.sequence = self.routed.fetch_add(1, Ordering::SeqCst) + 1;
         let topic = envelope::router_topic(&message.topic);
         let envelope = message.envelope();
+        if let Some(forwarder) = self.forwarder.get() {
+            forwarder.forward(&message, &envelope);
+        }
         let size = envelope::routed_size(&topic, &envelope);
         self.budget.reserve(size).await;
         let sent = self.ingress.publish(topic, envelope).await;

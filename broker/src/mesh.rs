@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
@@ -236,11 +236,33 @@ struct InboundLink {
     cancel: CancellationToken,
 }
 
+/// One peer's metrics on the forwarding path, looked up once.
+struct PeerCounters {
+    /// `roost_cluster_peer_queued_messages`.
+    queued: IntGauge,
+    /// `roost_cluster_peer_dropped_total{reason="peer_down"}`.
+    dropped_down: IntCounter,
+    /// `roost_cluster_peer_dropped_total{reason="queue_full"}`.
+    dropped_full: IntCounter,
+}
+
+impl PeerCounters {
+    fn new(metrics: &MeshMetrics, id: &str) -> PeerCounters {
+        PeerCounters {
+            queued: metrics.queued.with_label_values(&[id]),
+            dropped_down: metrics.dropped.with_label_values(&[id, "peer_down"]),
+            dropped_full: metrics.dropped.with_label_values(&[id, "queue_full"]),
+        }
+    }
+}
+
 /// One other member.
 struct Peer {
     index: u32,
     id: Arc<str>,
     addr: String,
+    /// Its forwarding metrics.
+    counters: PeerCounters,
     outbox: Mutex<Outbox>,
     /// Woken when the outbox has something new.
     wake: Notify,
@@ -294,6 +316,56 @@ enum Ended {
     Failed(String),
 }
 
+/// The mesh's sending side, which the intake hands every message that enters this node
+/// (`Intake::route`, before the message goes through this node's router): it numbers each
+/// message this node forwards and queues it for every peer, for the peer links' tasks to
+/// send.
+pub(crate) struct Forwarder {
+    peers: Vec<Arc<Peer>>,
+    /// The last sequence number given to a forwarded message. Held while the message is
+    /// queued for every peer: messages enter from many tasks at once, and each peer's queue
+    /// must be in sequence order (the peer drops anything at or below what it routed).
+    seq: Mutex<u64>,
+}
+
+impl Forwarder {
+    /// Hands a message that enters this node, with its router envelope, to every peer, if it
+    /// is this node's to forward: it entered here (one hop) and its topic is not node-local.
+    pub(crate) fn forward(&self, message: &Publication, envelope: &[u8]) {
+        if self.peers.is_empty()
+            || !message.origin.is_local()
+            || message.topic.starts_with(NODE_LOCAL_PREFIX)
+        {
+            return;
+        }
+        let mut last = self.seq.lock().unwrap_or_else(|e| e.into_inner());
+        *last += 1;
+        let seq = *last;
+        let frame = wire::publish(seq, &message.topic, envelope);
+        for peer in &self.peers {
+            let mut outbox = peer.outbox();
+            if !outbox.up && message.qos == 0 {
+                peer.counters.dropped_down.inc();
+                continue;
+            }
+            outbox.bytes += frame.len();
+            outbox.queue.push_back(Queued {
+                seq,
+                frame: frame.clone(),
+            });
+            while outbox.queue.len() > QUEUE_MESSAGES || outbox.bytes > QUEUE_BYTES {
+                if let Some(old) = outbox.queue.pop_front() {
+                    outbox.bytes -= old.frame.len();
+                    peer.counters.dropped_full.inc();
+                }
+            }
+            peer.counters.queued.set(outbox.queue.len() as i64);
+            drop(outbox);
+            peer.wake.notify_one();
+        }
+    }
+}
+
 /// The mesh of this node.
 pub(crate) struct Mesh {
     node: Arc<str>,
@@ -303,8 +375,6 @@ pub(crate) struct Mesh {
     incarnation: u64,
     peers: Vec<Arc<Peer>>,
     intake: Arc<Intake>,
-    /// The last sequence number given to a forwarded message.
-    seq: AtomicU64,
     /// Inbound links accepted so far (their ids).
     links: AtomicU64,
     metrics: MeshMetrics,
@@ -314,7 +384,8 @@ pub(crate) struct Mesh {
 }
 
 impl Mesh {
-    /// The mesh of `node` with the peers of `settings`, registering its metrics.
+    /// The mesh of `node` with the peers of `settings`, registering its metrics; from now on
+    /// the intake hands its forwarder every message that enters.
     pub(crate) fn new(
         node: &str,
         settings: &MeshSettings,
@@ -333,6 +404,7 @@ impl Mesh {
                     index: u32::try_from(i).unwrap_or(u32::MAX),
                     id: p.id.as_str().into(),
                     addr: p.addr.clone(),
+                    counters: PeerCounters::new(&metrics, &p.id),
                     outbox: Mutex::new(Outbox::default()),
                     wake: Notify::new(),
                     inbound: tokio::sync::Mutex::new(Inbound::default()),
@@ -346,13 +418,16 @@ impl Mesh {
                 metrics.up.with_label_values(&[&p.id, direction]).set(0);
             }
         }
+        intake.set_forwarder(Arc::new(Forwarder {
+            peers: peers.clone(),
+            seq: Mutex::new(0),
+        }));
         Ok(Mesh {
             node: node.into(),
             cluster: settings.cluster.clone(),
             incarnation: crate::backoff::random_u64(),
             peers,
             intake,
-            seq: AtomicU64::new(0),
             links: AtomicU64::new(0),
             metrics,
             // A frame is a PUBLISH's envelope and topic plus a few fixed fields.
@@ -394,49 +469,6 @@ impl Mesh {
                 }
             })
             .collect()
-    }
-
-    /// Hands a message the dispatcher read to every peer, if it is this node's to forward:
-    /// it entered here (one hop) and its topic is not node-local.
-    pub(crate) fn forward(&self, message: &Publication) {
-        if self.peers.is_empty()
-            || !message.origin.is_local()
-            || message.topic.starts_with(NODE_LOCAL_PREFIX)
-        {
-            return;
-        }
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let frame = wire::publish(seq, &message.topic, &message.envelope());
-        for peer in &self.peers {
-            let mut outbox = peer.outbox();
-            if !outbox.up && message.qos == 0 {
-                self.metrics
-                    .dropped
-                    .with_label_values(&[&peer.id, "peer_down"])
-                    .inc();
-                continue;
-            }
-            outbox.bytes += frame.len();
-            outbox.queue.push_back(Queued {
-                seq,
-                frame: frame.clone(),
-            });
-            while outbox.queue.len() > QUEUE_MESSAGES || outbox.bytes > QUEUE_BYTES {
-                if let Some(old) = outbox.queue.pop_front() {
-                    outbox.bytes -= old.frame.len();
-                    self.metrics
-                        .dropped
-                        .with_label_values(&[&peer.id, "queue_full"])
-                        .inc();
-                }
-            }
-            self.metrics
-                .queued
-                .with_label_values(&[&peer.id])
-                .set(outbox.queue.len() as i64);
-            drop(outbox);
-            peer.wake.notify_one();
-        }
     }
 
     /// Keeps a link to `peer` open until shutdown, reconnecting with capped, jittered
@@ -582,10 +614,7 @@ impl Mesh {
                 outbox.bytes -= q.frame.len();
             }
         }
-        self.metrics
-            .queued
-            .with_label_values(&[&peer.id])
-            .set(outbox.queue.len() as i64);
+        peer.counters.queued.set(outbox.queue.len() as i64);
     }
 
     /// Sends the retained set, then everything queued and forwarded, reading the peer's
