@@ -642,8 +642,8 @@ fn a_pair_cut_apart_keeps_one_leader_the_one_that_reaches_the_witness() {
     let line_time = |node: &NsNode, pattern: &str| -> String {
         let log = std::fs::read_to_string(&node.stderr_path).unwrap_or_default();
         log.lines()
-            .filter(|l| l.contains(pattern))
-            .last()
+            .rev()
+            .find(|l| l.contains(pattern))
             .and_then(|l| l.split_whitespace().next())
             .map(str::to_owned)
             .unwrap_or_else(|| panic!("no {pattern:?} in the log\n{}", node.log_tail()))
