@@ -2,7 +2,7 @@
 //! metrics (`Metrics::register(&registry)`), rendered by `GET /metrics`. Also carries the
 //! node-wide series: process RSS and CPU, build info, uptime.
 
-use prometheus::{Encoder, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 /// The registry plus the series the gateway itself owns; cheap to clone.
 #[derive(Clone)]
@@ -11,6 +11,8 @@ pub struct Telemetry {
     registry: Registry,
     /// Seconds since start, refreshed at each scrape.
     uptime: IntGauge,
+    /// `roost_http_bad_requests_total{endpoint}`: requests refused for bad input.
+    bad_requests: IntCounterVec,
 }
 
 impl Telemetry {
@@ -32,7 +34,24 @@ impl Telemetry {
         registry.register(Box::new(info))?;
         let uptime = IntGauge::new("roost_uptime_seconds", "Seconds since the node started")?;
         registry.register(Box::new(uptime.clone()))?;
-        Ok(Telemetry { registry, uptime })
+        let bad_requests = IntCounterVec::new(
+            Opts::new(
+                "roost_http_bad_requests_total",
+                "HTTP requests refused with 400 for bad input, by endpoint",
+            ),
+            &["endpoint"],
+        )?;
+        registry.register(Box::new(bad_requests.clone()))?;
+        Ok(Telemetry {
+            registry,
+            uptime,
+            bad_requests,
+        })
+    }
+
+    /// Counts a request to `endpoint` refused for bad input.
+    pub fn bad_request(&self, endpoint: &str) {
+        self.bad_requests.with_label_values(&[endpoint]).inc();
     }
 
     /// The registry, for parts registering their metrics.

@@ -138,3 +138,68 @@ fn dashboard_and_its_api_are_served() {
     let (code, _) = node.get("/no/such/page");
     assert_eq!(code, 404);
 }
+
+#[test]
+fn api_state_shows_the_store_and_refuses_bad_queries() {
+    let node = Node::builder("state-view").demo().start();
+    let relay = "roost/home/devices/state-view/demo-relay";
+    let mut sub = MosquittoSub::start(&node, &["-t", &format!("{relay}/state"), "-q", "1"]);
+    sub.expect_message(&format!("{relay}/state"), "OFF");
+    mosquitto_pub(
+        &node,
+        &["-t", &format!("{relay}/set"), "-m", "ON", "-q", "1"],
+    );
+    // The state is published only after the store committed it.
+    sub.expect_message(&format!("{relay}/state"), "ON");
+
+    let (code, body) = node.get("/api/state?ns=devices");
+    assert_eq!(code, 200, "{body}");
+    let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(view["node"], "state-view");
+    assert_eq!(view["truncated"], false);
+    let entries = view["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{body}");
+    let relay_entry = &entries[0];
+    assert_eq!(relay_entry["key"], "devices/state-view/demo-relay");
+    assert_eq!(relay_entry["namespace"], "devices");
+    assert_eq!(relay_entry["path"], "state-view/demo-relay");
+    assert_eq!(relay_entry["value"], serde_json::json!({ "on": true }));
+    assert_eq!(relay_entry["version"], 1);
+    assert!(relay_entry["updated_ms"].as_u64().unwrap() > 0);
+
+    // Every namespace, in key order: the lease term is the node's own bookkeeping.
+    let (_, body) = node.get("/api/state");
+    let all: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let keys: Vec<&str> = all["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap())
+        .collect();
+    assert!(keys.contains(&"devices/state-view/demo-relay"), "{keys:?}");
+    assert!(keys.contains(&"node/lease/term"), "{keys:?}");
+    assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
+    assert_eq!(all["keys"].as_u64().unwrap(), keys.len() as u64);
+    let (_, body) = node.get("/api/state?ns=node&prefix=lease/&limit=1");
+    let one: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(one["entries"].as_array().unwrap().len(), 1);
+    assert_eq!(one["truncated"], true, "{body}");
+
+    // Bad queries: 400 with a reason, and counted.
+    let (code, body) = node.get("/api/state?ns=bogus");
+    assert_eq!(code, 400);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"],
+        "unknown namespace \"bogus\": one of cluster, devices, node"
+    );
+    let (code, body) = node.get("/api/state?limit=0");
+    assert_eq!(code, 400);
+    assert!(
+        body.contains("limit must be a number from 1 to 10000"),
+        "{body}"
+    );
+    assert_eq!(
+        node.metric("roost_http_bad_requests_total{endpoint=\"/api/state\"}"),
+        2.0
+    );
+}
