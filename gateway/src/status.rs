@@ -74,6 +74,14 @@ struct Health {
     members: Vec<Member>,
     #[serde(default)]
     peers: Vec<PeerLink>,
+    #[serde(default)]
+    witness: Option<Witness>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Witness {
+    address: String,
+    connected: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,6 +137,14 @@ pub fn run(base: &str) -> Result<(), StatusError> {
         h.version,
         human_duration(h.uptime_seconds)
     );
+    if let Some(w) = &h.witness {
+        let state = if w.connected {
+            "connected"
+        } else {
+            "not connected"
+        };
+        println!("witness {}: {state}", w.address);
+    }
     println!(
         "  {:<20} {:<8} {:<9} {:>9} {:>6} {:<8} {:<10} {:<8} {:>10} {:>7}",
         "NODE",

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use roost_tests::cluster::Cluster;
-use roost_tests::{Mosquitto, MosquittoSub, Node, EVENT_TIMEOUT};
+use roost_tests::{roost, Mosquitto, MosquittoSub, Node, EVENT_TIMEOUT};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 /// A subscriber on `addr` that counts every payload it receives on `filter`, until `expected`
@@ -582,6 +582,18 @@ fn without_its_witness_a_pair_keeps_its_leader_but_cannot_replace_it() {
     let (leader, term) = cluster.wait_agreed_leader(&[0, 1], EVENT_TIMEOUT);
     let survivor = 1 - leader;
     wait_metric(cluster.node(survivor), "roost_cluster_witness_up");
+    let status = || {
+        let http = format!("http://{}", cluster.node(survivor).http);
+        let (code, out, err) = roost(&["status", "--http", &http]);
+        assert_eq!(code, Some(0), "{err}");
+        out
+    };
+    let witness_line = format!("witness 127.0.0.1:{port}: ");
+    assert!(
+        status().contains(&format!("{witness_line}connected")),
+        "{}",
+        status()
+    );
     // The witness goes away: both nodes notice, and two of three votes still hold the lease.
     drop(witness);
     for i in 0..2 {
@@ -589,6 +601,11 @@ fn without_its_witness_a_pair_keeps_its_leader_but_cannot_replace_it() {
             h["witness"]["connected"] == false
         });
     }
+    assert!(
+        status().contains(&format!("{witness_line}not connected")),
+        "{}",
+        status()
+    );
     assert_eq!(
         cluster.wait_agreed_leader(&[0, 1], EVENT_TIMEOUT),
         (leader, term)
