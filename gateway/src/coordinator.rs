@@ -335,14 +335,10 @@ impl Task {
             WitnessEvent::Up => {
                 tracing::info!(witness, "witness connected");
                 self.lease.witness_up(now);
-                self.metrics.witness_up.set(1);
-                self.setup.view.set_witness_connected(true);
             }
             WitnessEvent::Down(error) => {
                 tracing::warn!(witness, %error, "witness connection lost; retrying with backoff");
                 self.lease.witness_down();
-                self.metrics.witness_up.set(0);
-                self.setup.view.set_witness_connected(false);
             }
             WitnessEvent::Heartbeat(hb) => {
                 if hb.node == self.setup.node.as_str() && hb.incarnation == self.incarnation {
@@ -563,6 +559,11 @@ impl Task {
 
     /// Brings the view and the gauges up to date.
     fn refresh(&self) {
+        if self.witness.is_some() {
+            let connected = self.lease.witness_connected();
+            self.metrics.witness_up.set(i64::from(connected));
+            self.setup.view.set_witness_connected(connected);
+        }
         let now = Instant::now();
         let leader = self.lease.leader(now).and_then(|l| NodeId::parse(l).ok());
         self.metrics

@@ -1,11 +1,31 @@
-//! What the benchmarks share: a rumqttc client whose event loop runs on its own task and
-//! hands every delivered payload, with its arrival time, to a callback.
+//! What the benchmarks share: their command line (`[LATENCY_N [THROUGHPUT_N]]`), their
+//! runtime, and a rumqttc client whose event loop runs on its own task and hands every
+//! delivered payload, with its arrival time, to a callback.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Packet};
 use tokio::sync::oneshot;
+
+/// The message counts of a benchmark's command line: `[LATENCY_N [THROUGHPUT_N]]`, 5,000
+/// and 100,000 by default. A count that is not a number stops the benchmark.
+pub fn counts() -> (usize, usize) {
+    let mut args = std::env::args().skip(1);
+    let latency_n = args.next().map_or(5_000, |a| a.parse().expect("LATENCY_N"));
+    let throughput_n = args
+        .next()
+        .map_or(100_000, |a| a.parse().expect("THROUGHPUT_N"));
+    (latency_n, throughput_n)
+}
+
+/// The multi-threaded runtime the clients of a benchmark run on.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime can be built")
+}
 
 /// A client of the broker at `addr` (TCP_NODELAY if `nodelay`); `on_publish` sees every
 /// delivered payload with its arrival time, and the receiver fires on the first SUBACK.

@@ -180,31 +180,12 @@ impl NodeBuilder {
                 .expect("the roost binary starts"),
         );
         let lines = spawn_line_reader(child.0.stdout.take().expect("stdout was piped above"));
-        let mut mqtt = None;
-        let mut http = None;
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let line = match lines.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(line) => line,
-                Err(e) => {
-                    let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-                    panic!(
-                        "node {} did not become ready ({e:?}); stderr:\n{log}",
-                        self.id
-                    );
-                }
-            };
-            if let Some(addr) = address_after(&line, "mqtt://") {
-                mqtt = Some(addr);
-            }
-            if line.trim_start().starts_with("Dashboard") {
-                http = address_after(&line, "http://");
-            }
-            if line == "Ready." {
-                break;
-            }
-        }
+        let banner = wait_ready(&lines, &self.id, &stderr_path);
+        let mqtt = banner.iter().find_map(|l| address_after(l, "mqtt://"));
+        let http = banner
+            .iter()
+            .filter(|l| l.trim_start().starts_with("Dashboard"))
+            .find_map(|l| address_after(l, "http://"));
         Node {
             child,
             id: self.id,
@@ -216,6 +197,38 @@ impl NodeBuilder {
             _dir: dir,
         }
     }
+}
+
+/// Reads a starting node's stdout up to its `Ready.` line and returns the banner before it;
+/// panics with `who` and the node's stderr log after [`START_TIMEOUT`].
+pub fn wait_ready(lines: &Receiver<String>, who: &str, stderr_path: &Path) -> Vec<String> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut banner = Vec::new();
+    loop {
+        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if line == "Ready." => return banner,
+            Ok(line) => banner.push(line),
+            Err(e) => {
+                let log = std::fs::read_to_string(stderr_path).unwrap_or_default();
+                panic!("node {who} did not become ready ({e:?}); stderr:\n{log}");
+            }
+        }
+    }
+}
+
+/// Switches the demo relay of `node` (started with `.demo()`, cluster `home`) on over MQTT
+/// and returns once its state says `ON`, which is published only after the store committed
+/// it.
+pub fn turn_demo_relay_on(node: &Node) {
+    let relay = format!("roost/home/devices/{}/demo-relay", node.id);
+    let state = format!("{relay}/state");
+    let mut sub = MosquittoSub::start(node, &["-t", &state, "-q", "1"]);
+    sub.expect_message(&state, "OFF");
+    mosquitto_pub(
+        node,
+        &["-t", &format!("{relay}/set"), "-m", "ON", "-q", "1"],
+    );
+    sub.expect_message(&state, "ON");
 }
 
 fn address_after(line: &str, scheme: &str) -> Option<SocketAddr> {

@@ -37,10 +37,7 @@ impl Counter {
         let (counts_tx, counts) = std::sync::mpsc::channel();
         let (client_id, filter) = (client_id.to_owned(), filter.to_owned());
         std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a tokio runtime");
+            let runtime = client_runtime();
             runtime.block_on(async move {
                 let mut options = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
                 options.set_max_packet_size(1 << 20, 1 << 20);
@@ -93,10 +90,7 @@ impl Counter {
 
 /// Publishes `payloads` on `topic` at `qos` to `addr`, waiting for every PUBACK at QoS 1.
 fn publish_all(addr: SocketAddr, client_id: &str, topic: &str, qos: QoS, payloads: Vec<String>) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
+    let runtime = client_runtime();
     runtime.block_on(async move {
         let mut options = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
         options.set_inflight(100);
@@ -374,16 +368,34 @@ fn a_leader_that_stops_cleanly_hands_the_lease_over_at_once() {
 
 /// Waits until `series` on `node` is at least 1.
 fn wait_metric(node: &Node, series: &str) {
+    poll_until(|| {
+        if node.metric(series) >= 1.0 {
+            Ok(())
+        } else {
+            Err(format!("{series} stayed 0 on {}", node.id))
+        }
+    });
+}
+
+/// Polls `check` until it holds; panics with its last reason after [`EVENT_TIMEOUT`]. For
+/// state a node shows (metrics, `/health`), which no event announces.
+fn poll_until(mut check: impl FnMut() -> Result<(), String>) {
     let deadline = Instant::now() + EVENT_TIMEOUT;
-    while node.metric(series) < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "{series} stayed 0 on {}",
-            node.id
-        );
-        // A metric is state, not an event; it is polled.
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(why) => assert!(Instant::now() < deadline, "{why}"),
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A single-threaded runtime for a client run on a test thread.
+fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
 }
 
 #[test]
@@ -562,16 +574,14 @@ fn two_nodes_with_a_witness_elect_a_leader_while_either_is_down() {
 
 /// Reads `/health` on `node` until `done` holds for it.
 fn wait_health(node: &Node, what: &str, done: impl Fn(&serde_json::Value) -> bool) {
-    let deadline = Instant::now() + EVENT_TIMEOUT;
-    loop {
+    poll_until(|| {
         let (_, health) = node.health();
         if done(&health) {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{}: {what}: {health}", node.id))
         }
-        assert!(Instant::now() < deadline, "{}: {what}: {health}", node.id);
-        // Health is state, not an event; it is polled.
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    });
 }
 
 #[test]

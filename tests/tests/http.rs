@@ -3,7 +3,7 @@
 // Test code: a panic with the value is the failure report.
 #![allow(clippy::unwrap_used)]
 
-use roost_tests::{mosquitto_pub, MosquittoSub, Node};
+use roost_tests::{mosquitto_pub, turn_demo_relay_on, MosquittoSub, Node};
 
 #[test]
 fn health_of_a_single_node_is_healthy() {
@@ -142,15 +142,7 @@ fn dashboard_and_its_api_are_served() {
 #[test]
 fn api_state_shows_the_store_and_refuses_bad_queries() {
     let node = Node::builder("state-view").demo().start();
-    let relay = "roost/home/devices/state-view/demo-relay";
-    let mut sub = MosquittoSub::start(&node, &["-t", &format!("{relay}/state"), "-q", "1"]);
-    sub.expect_message(&format!("{relay}/state"), "OFF");
-    mosquitto_pub(
-        &node,
-        &["-t", &format!("{relay}/set"), "-m", "ON", "-q", "1"],
-    );
-    // The state is published only after the store committed it.
-    sub.expect_message(&format!("{relay}/state"), "ON");
+    turn_demo_relay_on(&node);
 
     let (code, body) = node.get("/api/state?ns=devices");
     assert_eq!(code, 200, "{body}");

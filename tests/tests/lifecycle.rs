@@ -8,8 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use roost_tests::{
-    mosquitto_pub, roost, roost_bin, spawn_line_reader, wait_line, ChildGuard, MosquittoSub, Node,
-    START_TIMEOUT,
+    roost, roost_bin, spawn_line_reader, turn_demo_relay_on, wait_line, ChildGuard, MosquittoSub,
+    Node, START_TIMEOUT,
 };
 
 #[test]
@@ -18,14 +18,7 @@ fn state_survives_a_restart() {
     let relay = "roost/home/devices/keeper/demo-relay";
     let term_before = {
         let node = Node::builder("keeper").data_dir(data.path()).demo().start();
-        let mut sub = MosquittoSub::start(&node, &["-t", &format!("{relay}/state"), "-q", "1"]);
-        sub.expect_message(&format!("{relay}/state"), "OFF");
-        mosquitto_pub(
-            &node,
-            &["-t", &format!("{relay}/set"), "-m", "ON", "-q", "1"],
-        );
-        // The state is published only after the store committed it.
-        sub.expect_message(&format!("{relay}/state"), "ON");
+        turn_demo_relay_on(&node);
         let term = node.health().1["term"].as_u64().unwrap();
         let mut node = node;
         assert!(node.terminate(Duration::from_secs(5)).unwrap().success());

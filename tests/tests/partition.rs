@@ -33,7 +33,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use roost_tests::{roost_bin, spawn_line_reader, ChildGuard, EVENT_TIMEOUT, START_TIMEOUT};
+use roost_tests::{roost_bin, spawn_line_reader, wait_ready, ChildGuard, EVENT_TIMEOUT};
 
 const IDS: [&str; 3] = ["node-a", "node-b", "node-c"];
 const MQTT_PORT: u16 = 1883;
@@ -141,6 +141,12 @@ impl Net {
     fn set_link(&self, i: usize, up: bool) {
         let state = if up { "up" } else { "down" };
         ip_setup(&["-n", &self.hub, "link", "set", &self.hub_veth[i], state]);
+    }
+
+    /// Cuts the link between nodes `a` and `b` both ways (`cut`), or mends it.
+    fn cut_between(&self, a: usize, b: usize, cut: bool) {
+        self.block(a, &self.node_ip[b], cut);
+        self.block(b, &self.node_ip[a], cut);
     }
 
     /// Makes node `i` drop everything it sends to `addr` (`blocked`), or stop doing so.
@@ -256,18 +262,11 @@ impl NsNode {
                 .expect("`ip netns exec` starts"),
         );
         let lines = spawn_line_reader(child.0.stdout.take().expect("stdout was piped above"));
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) if line == "Ready." => break,
-                Ok(_) => {}
-                Err(e) => panic!(
-                    "{id} did not become ready in namespace {} ({e:?}); stderr:\n{}",
-                    net.node_ns[i],
-                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
-                ),
-            }
-        }
+        wait_ready(
+            &lines,
+            &format!("{id} in namespace {}", net.node_ns[i]),
+            &stderr_path,
+        );
         // `ip netns exec` execs the program in place: the pid we hold is roost's, so the
         // guard's kill stops the node itself, not a wrapper that would leave it running.
         let comm = std::fs::read_to_string(format!("/proc/{}/comm", child.0.id()))
@@ -432,6 +431,13 @@ fn wait_for(nodes: &[NsNode], what: &str, limit: Duration, done: impl Fn(&Views)
     }
 }
 
+/// The index of member `id` (an agreed leader, say).
+fn member_index(id: &str) -> usize {
+    IDS.iter()
+        .position(|m| *m == id)
+        .unwrap_or_else(|| panic!("{id:?} is not a member"))
+}
+
 /// The leader and term the given nodes all report, when they agree on a leader.
 fn agreed(views: &Views, which: &[usize]) -> Option<(String, u64)> {
     let mut agreed: Option<(String, u64)> = None;
@@ -490,10 +496,7 @@ fn a_partitioned_leader_steps_down_and_the_cluster_heals() {
         |v| agreed(v, &all).is_some(),
     );
     let (first_leader, first_term) = agreed(&views, &all).expect("the wait above checked this");
-    let cut = IDS
-        .iter()
-        .position(|id| *id == first_leader)
-        .unwrap_or_else(|| panic!("the agreed leader {first_leader:?} is not a member"));
+    let cut = member_index(&first_leader);
     let majority: Vec<usize> = all.iter().copied().filter(|&i| i != cut).collect();
 
     // 2. Cut the leader off: the harder side to lose.
@@ -599,17 +602,13 @@ fn a_pair_cut_apart_keeps_one_leader_the_one_that_reaches_the_witness() {
         },
     );
     let (leader_id, term) = agreed(&views, &both).expect("the wait above checked this");
-    let leader = IDS
-        .iter()
-        .position(|id| *id == leader_id)
-        .unwrap_or_else(|| panic!("the agreed leader {leader_id:?} is not a member"));
+    let leader = member_index(&leader_id);
     let follower = 1 - leader;
 
     // 2. Cut the mesh between them; both still reach the witness, which carries the
     // leader's heartbeats and acknowledges it: the same leader, the same term.
     eprintln!("partition: cutting the mesh between the pair");
-    net.block(leader, &net.node_ip[follower], true);
-    net.block(follower, &net.node_ip[leader], true);
+    net.cut_between(leader, follower, true);
     wait_for(
         &nodes,
         &format!("the mesh is down both ways and both still follow {leader_id} in term {term}"),
@@ -659,8 +658,7 @@ fn a_pair_cut_apart_keeps_one_leader_the_one_that_reaches_the_witness() {
     // 4. Heal: one leader again, seen by both, in a term not below the one of the cut.
     eprintln!("partition: healing");
     net.block(leader, &net.hub_ip, false);
-    net.block(leader, &net.node_ip[follower], false);
-    net.block(follower, &net.node_ip[leader], false);
+    net.cut_between(leader, follower, false);
     wait_for(
         &nodes,
         &format!("both healthy and agreed on a leader at or above term {cut_term}"),
@@ -820,8 +818,7 @@ fn qos1_messages_in_flight_when_a_link_drops_are_resent_and_delivered_once() {
             break;
         }
     }
-    net.block(0, &net.node_ip[1], true);
-    net.block(1, &net.node_ip[0], true);
+    net.cut_between(0, 1, true);
     wait_for(&nodes, "both links declared down", EVENT_TIMEOUT, |v| {
         v.iter().all(|v| v.as_ref().is_ok_and(|v| v.links_up == 0))
     });
@@ -831,8 +828,7 @@ fn qos1_messages_in_flight_when_a_link_drops_are_resent_and_delivered_once() {
         record(&mut counts, line);
     }
     let before_heal = counts.len();
-    net.block(0, &net.node_ip[1], false);
-    net.block(1, &net.node_ip[0], false);
+    net.cut_between(0, 1, false);
     // Everything, then `end`, which was published last and so is delivered last.
     loop {
         let line = sub.next_line("every message and then `end`", EVENT_TIMEOUT);

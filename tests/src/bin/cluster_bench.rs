@@ -87,15 +87,8 @@ struct Figures {
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let latency_n: usize = args.next().map_or(5_000, |a| a.parse().expect("LATENCY_N"));
-    let throughput_n: usize = args
-        .next()
-        .map_or(100_000, |a| a.parse().expect("THROUGHPUT_N"));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime can be built");
+    let (latency_n, throughput_n) = roost_tests::bench::counts();
+    let runtime = roost_tests::bench::runtime();
 
     let measure = |name: &str, pair: Pair| -> Vec<Figures> {
         RUNS.iter()
