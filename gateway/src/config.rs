@@ -971,19 +971,7 @@ impl ClusterConfig {
                     );
                     None
                 }
-                Some(raw) => match PeerAddr::parse(raw.get_ref()) {
-                    Ok(addr) => Some(addr),
-                    Err(why) => {
-                        v.error(
-                            Some(raw.span()),
-                            format!(
-                                "cluster.peers: mqtt {:?} is not a valid address: {why}",
-                                raw.get_ref()
-                            ),
-                        );
-                        None
-                    }
-                },
+                Some(raw) => remote_addr(v, "cluster.peers", &raw),
             };
 
             if let (Some(id), Some(mqtt)) = (id, addr) {
@@ -1010,6 +998,23 @@ impl ClusterConfig {
             heartbeat_interval,
             missed_heartbeats,
             witness,
+        }
+    }
+}
+
+/// The `mqtt` address of an entry of `section` (a peer, the witness), or an error at it.
+fn remote_addr(v: &mut Validator<'_>, section: &str, raw: &Spanned<String>) -> Option<PeerAddr> {
+    match PeerAddr::parse(raw.get_ref()) {
+        Ok(addr) => Some(addr),
+        Err(why) => {
+            v.error(
+                Some(raw.span()),
+                format!(
+                    "{section}: mqtt {:?} is not a valid address: {why}",
+                    raw.get_ref()
+                ),
+            );
+            None
         }
     }
 }
@@ -1050,19 +1055,7 @@ fn validate_witness(
             v.error(Some(span), "cluster.witness: no mqtt address");
             None
         }
-        Some(raw) => match PeerAddr::parse(raw.get_ref()) {
-            Ok(addr) => Some(addr),
-            Err(why) => {
-                v.error(
-                    Some(raw.span()),
-                    format!(
-                        "cluster.witness: mqtt {:?} is not a valid address: {why}",
-                        raw.get_ref()
-                    ),
-                );
-                None
-            }
-        },
+        Some(raw) => remote_addr(v, "cluster.witness", &raw),
     };
     Some(WitnessSettings {
         mqtt: mqtt?,
