@@ -534,7 +534,11 @@ impl Task {
         hb.uptime_seconds = self.setup.started.elapsed().as_secs();
         hb.version = env!("CARGO_PKG_VERSION").to_owned();
         let payload = serde_json::to_vec(&hb).unwrap_or_default();
-        if let Some(witness) = &self.witness {
+        if let Some(witness) = self
+            .witness
+            .as_ref()
+            .filter(|_| self.lease.witness_connected())
+        {
             witness.heartbeat(payload.clone());
         }
         self.publish(

@@ -18,7 +18,6 @@
 //! anew (a node claims only after its connection has been up for `down_after`).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -102,8 +101,6 @@ impl WitnessEvents {
 /// The coordinator's handle on the witness connection.
 pub struct WitnessLink {
     client: AsyncClient,
-    /// Whether the connection is up and subscribed (heartbeats are not queued otherwise).
-    connected: Arc<AtomicBool>,
     /// The latest term this node claimed in this run (0: none), restored on reconnect. The
     /// lock is held across the publish, so claims enter the connection in term order.
     claimed: Arc<Mutex<u64>>,
@@ -136,13 +133,11 @@ impl WitnessLink {
             options.set_credentials(user.clone(), password.clone());
         }
         let (client, eventloop) = AsyncClient::new(options, REQUESTS);
-        let connected = Arc::new(AtomicBool::new(false));
         let claimed = Arc::new(Mutex::new(0));
         let (tx, events) = mpsc::channel(256);
         let addr = settings.mqtt.to_string();
         let task = Task {
             client: client.clone(),
-            connected: connected.clone(),
             claimed: claimed.clone(),
             events: tx,
             me: node.clone(),
@@ -154,7 +149,6 @@ impl WitnessLink {
         tracker.spawn(task.run(eventloop));
         let link = WitnessLink {
             client,
-            connected,
             claimed,
             node: node.clone(),
             topics: topics.clone(),
@@ -168,12 +162,9 @@ impl WitnessLink {
         &self.addr
     }
 
-    /// Sends a heartbeat through the witness, if it is connected (QoS 0: a late heartbeat
-    /// is worth nothing).
+    /// Sends a heartbeat through the witness (QoS 0: a late heartbeat is worth nothing). The
+    /// caller sends only while the connection is reported up, so none wait for a reconnect.
     pub fn heartbeat(&self, payload: Vec<u8>) {
-        if !self.connected.load(Ordering::Acquire) {
-            return;
-        }
         let topic = self.topics.witness_heartbeat(&self.node);
         if let Err(e) = self
             .client
@@ -281,7 +272,6 @@ impl ClaimBook {
 /// The connection task.
 struct Task {
     client: AsyncClient,
-    connected: Arc<AtomicBool>,
     claimed: Arc<Mutex<u64>>,
     events: mpsc::Sender<WitnessEvent>,
     me: NodeId,
@@ -340,14 +330,12 @@ impl Task {
                     } else {
                         up = true;
                         last_error.clear();
-                        self.connected.store(true, Ordering::Release);
                         self.send(WitnessEvent::Up).await;
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => self.on_publish(publish).await,
                 Ok(_) => {}
                 Err(e) => {
-                    self.connected.store(false, Ordering::Release);
                     let error = e.to_string();
                     if std::mem::take(&mut up) {
                         self.send(WitnessEvent::Down(error.clone())).await;
