@@ -167,19 +167,7 @@ impl NodeBuilder {
             .append(true)
             .open(&stderr_path)
             .expect("the stderr log is creatable");
-        let mut child = ChildGuard(
-            Command::new(roost_bin())
-                .args(["run", "--config"])
-                .arg(&config)
-                .env("RUST_LOG", "info")
-                .env("NO_COLOR", "1")
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(stderr)
-                .spawn()
-                .expect("the roost binary starts"),
-        );
-        let lines = spawn_line_reader(child.0.stdout.take().expect("stdout was piped above"));
+        let (child, lines) = start_roost(Command::new(roost_bin()), &config, stderr);
         let banner = wait_ready(&lines, &self.id, &stderr_path);
         let mqtt = banner.iter().find_map(|l| address_after(l, "mqtt://"));
         let http = banner
@@ -197,6 +185,30 @@ impl NodeBuilder {
             _dir: dir,
         }
     }
+}
+
+/// Starts `roost run --config <config>` through `launcher` (the binary itself, or a wrapper
+/// such as `ip netns exec NS <binary>` that execs it), logging at info without colour to
+/// `stderr`, its stdout read line by line.
+pub fn start_roost(
+    mut launcher: Command,
+    config: &Path,
+    stderr: std::fs::File,
+) -> (ChildGuard, Receiver<String>) {
+    let mut child = ChildGuard(
+        launcher
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("the roost binary starts"),
+    );
+    let lines = spawn_line_reader(child.0.stdout.take().expect("stdout was piped above"));
+    (child, lines)
 }
 
 /// Reads a starting node's stdout up to its `Ready.` line and returns the banner before it;

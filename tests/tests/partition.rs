@@ -33,7 +33,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use roost_tests::{roost_bin, spawn_line_reader, wait_ready, ChildGuard, EVENT_TIMEOUT};
+use roost_tests::{
+    roost_bin, spawn_line_reader, start_roost, wait_ready, ChildGuard, EVENT_TIMEOUT,
+};
 
 const IDS: [&str; 3] = ["node-a", "node-b", "node-c"];
 const MQTT_PORT: u16 = 1883;
@@ -246,22 +248,9 @@ impl NsNode {
         let stderr = std::fs::File::create(&stderr_path)
             .expect("the stderr log is creatable in the temp dir");
         let bin = roost_bin();
-        let mut child = ChildGuard(
-            Command::new("ip")
-                .args(["netns", "exec", &net.node_ns[i]])
-                .arg(&bin)
-                .arg("run")
-                .arg("--config")
-                .arg(&config_path)
-                .env("RUST_LOG", "info")
-                .env("NO_COLOR", "1")
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(stderr)
-                .spawn()
-                .expect("`ip netns exec` starts"),
-        );
-        let lines = spawn_line_reader(child.0.stdout.take().expect("stdout was piped above"));
+        let mut launcher = Command::new("ip");
+        launcher.args(["netns", "exec", &net.node_ns[i]]).arg(&bin);
+        let (child, lines) = start_roost(launcher, &config_path, stderr);
         wait_ready(
             &lines,
             &format!("{id} in namespace {}", net.node_ns[i]),
