@@ -7,6 +7,7 @@
 //! nothing; one that stops reading has messages dropped past its buffer, counted.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -56,6 +57,8 @@ pub struct Subscription {
     retained: VecDeque<Message>,
     /// Live messages, from the dispatcher (`fanout.rs`).
     rx: mpsc::Receiver<Message>,
+    /// Live messages dropped because the buffer was full.
+    dropped: Arc<AtomicU64>,
     key: u64,
     subscribers: Arc<Subscribers>,
 }
@@ -69,9 +72,29 @@ impl Subscription {
         }
     }
 
+    /// The next message if one is ready now, without waiting.
+    pub fn try_recv(&mut self) -> Option<Message> {
+        match self.retained.pop_front() {
+            Some(message) => Some(message),
+            None => self.rx.try_recv().ok(),
+        }
+    }
+
+    /// Drops the retained messages not yet received, for a subscriber that reads the
+    /// retained set another way ([`BrokerClient::retained`]) and wants only live messages.
+    pub fn discard_retained(&mut self) {
+        self.retained.clear();
+    }
+
     /// The filter this subscription was made with.
     pub fn filter(&self) -> &str {
         &self.filter
+    }
+
+    /// How many live messages were dropped so far because this subscription's buffer was
+    /// full (each also counted in `roost_mqtt_dropped_total{reason="queue_full"}`).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 }
 
@@ -108,11 +131,34 @@ impl BrokerClient {
         payload: impl Into<Bytes>,
         retain: bool,
     ) -> Result<()> {
+        self.publish_with(topic, payload.into(), retain, true).await
+    }
+
+    /// [`BrokerClient::publish`] for a caller that keeps the message durable in a store of
+    /// its own and publishes it again after a crash: a retained message is in the retained
+    /// set (and served) once this resolves, but not waited on to reach the broker's file.
+    pub async fn publish_unsynced(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        retain: bool,
+    ) -> Result<()> {
+        self.publish_with(topic, payload.into(), retain, false)
+            .await
+    }
+
+    async fn publish_with(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        retain: bool,
+        durable: bool,
+    ) -> Result<()> {
         validate_topic(topic)?;
         let intake = &self.inner.intake;
         let message = Publication {
             topic: Bytes::copy_from_slice(topic.as_bytes()),
-            payload: payload.into(),
+            payload,
             properties: Bytes::from_static(&[0]),
             qos: 0,
             retain,
@@ -122,7 +168,11 @@ impl BrokerClient {
             stamp: 0,
             writer: None,
         };
-        intake.route(message).await?;
+        if durable {
+            intake.route(message).await?;
+        } else {
+            intake.route_queued(message).await?;
+        }
         self.inner
             .metrics
             .messages_received
@@ -131,20 +181,46 @@ impl BrokerClient {
         Ok(())
     }
 
+    /// The retained messages whose topics match `filter` now, in topic order.
+    pub fn retained(&self, filter: &str) -> Result<Vec<Message>> {
+        validate_filter(filter)?;
+        Ok(self
+            .inner
+            .intake
+            .retained_for(filter, 0, None)
+            .into_iter()
+            .map(|o| Message {
+                topic: String::from_utf8_lossy(&o.message.topic).into_owned(),
+                payload: o.message.payload,
+            })
+            .collect())
+    }
+
     /// Subscribes to `filter` (MQTT wildcards allowed).
     ///
     /// The retained messages matching the filter are delivered first, then live messages.
     pub async fn subscribe(&self, filter: &str) -> Result<Subscription> {
+        self.subscribe_with(filter, SUBSCRIPTION_BUFFER).await
+    }
+
+    /// [`BrokerClient::subscribe`] with room for `buffer` live messages (at least 1) before
+    /// any is dropped, for a subscriber that takes bursts.
+    pub async fn subscribe_with(&self, filter: &str, buffer: usize) -> Result<Subscription> {
         validate_filter(filter)?;
         if self.inner.token.is_cancelled() {
             return Err(Error::Closed);
         }
         let intake = &self.inner.intake;
         let key = intake.next_key();
-        let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
-        self.inner
-            .subscribers
-            .add_local(key, filter.to_owned(), tx, || intake.routed());
+        let (tx, rx) = mpsc::channel(buffer.max(1));
+        let dropped = Arc::new(AtomicU64::new(0));
+        self.inner.subscribers.add_local(
+            key,
+            filter.to_owned(),
+            tx,
+            dropped.clone(),
+            || intake.routed(),
+        );
         // Taken once the dispatcher offers this subscription live messages: a retained message
         // published meanwhile is in this snapshot or arrives live.
         let retained: VecDeque<Message> = intake
@@ -165,6 +241,7 @@ impl BrokerClient {
             filter: filter.to_owned(),
             retained,
             rx,
+            dropped,
             key,
             subscribers: self.inner.subscribers.clone(),
         })

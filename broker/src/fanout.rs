@@ -36,6 +36,8 @@ struct Local {
     since: u64,
     /// Where its messages go; a full channel drops the message, counted.
     deliver: mpsc::Sender<Message>,
+    /// Messages dropped because `deliver` was full, shared with the `Subscription`.
+    dropped: Arc<AtomicU64>,
 }
 
 /// Everyone the dispatcher offers messages to, as one snapshot.
@@ -90,6 +92,7 @@ impl Subscribers {
         key: u64,
         filter: String,
         deliver: mpsc::Sender<Message>,
+        dropped: Arc<AtomicU64>,
         routed: impl FnOnce() -> u64,
     ) {
         self.change(|m| {
@@ -100,6 +103,7 @@ impl Subscribers {
                     filter,
                     since,
                     deliver,
+                    dropped,
                 },
             );
         });
@@ -197,6 +201,7 @@ fn offer(
         match local.deliver.try_send(delivered) {
             Ok(()) => sent.inc(),
             Err(mpsc::error::TrySendError::Full(_)) => {
+                local.dropped.fetch_add(1, Ordering::Relaxed);
                 edge.metrics
                     .dropped
                     .with_label_values(&["queue_full"])

@@ -16,7 +16,7 @@ use crate::error::Result;
 use crate::frame::PublishParts;
 use crate::ingress::Ingress;
 use crate::mesh::Forwarder;
-use crate::retained::{Change, Retained, Stored, Version};
+use crate::retained::{Change, Retained, Stored, Version, Wait};
 use crate::session::Outbound;
 
 /// Bytes of router topic and envelope allowed inside rumqttd's router at once: half of what
@@ -84,17 +84,42 @@ impl Intake {
     /// A retained change of this node gets a new version; a peer's keeps the version it
     /// carries, and changes the set only when it is newer than what is there (the message
     /// itself is delivered either way, as a live message).
+    ///
+    /// A peer's retained change is not waited on to reach this node's disk: the peer keeps it
+    /// durable and sends its whole set again on every link, so waiting would only hold the
+    /// link back by one fsync per message.
     pub(crate) async fn route(&self, message: Publication) -> Result<()> {
-        self.enter(message, false).await.map(|_| ())
+        let wait = Self::wait_for(&message);
+        self.enter(message, false, wait).await.map(|_| ())
+    }
+
+    /// [`Intake::route`] for a node part that keeps the message durable in a store of its own
+    /// and publishes it again after a crash: its retained change is not waited on either.
+    pub(crate) async fn route_queued(&self, message: Publication) -> Result<()> {
+        self.enter(message, false, Wait::Queued).await.map(|_| ())
     }
 
     /// Routes a retained entry a peer sent when its link opened (the peer's whole set), but
     /// only if it is newer than this node's entry for the topic: true when it was.
     pub(crate) async fn merge(&self, message: Publication) -> Result<bool> {
-        self.enter(message, true).await
+        let wait = Self::wait_for(&message);
+        self.enter(message, true, wait).await
     }
 
-    async fn enter(&self, mut message: Publication, only_if_newer: bool) -> Result<bool> {
+    /// Durable for what entered at this node; only queued for a peer's.
+    fn wait_for(message: &Publication) -> Wait {
+        match message.origin {
+            Origin::Peer(_) => Wait::Queued,
+            _ => Wait::Durable,
+        }
+    }
+
+    async fn enter(
+        &self,
+        mut message: Publication,
+        only_if_newer: bool,
+        wait: Wait,
+    ) -> Result<bool> {
         if message.retain {
             let version = match (message.origin, &message.writer) {
                 (Origin::Peer(_), Some(writer)) => Version {
@@ -107,7 +132,7 @@ impl Intake {
             let topic = String::from_utf8_lossy(&message.topic).into_owned();
             let newer = self
                 .retained
-                .record(&topic, change_of(&message, version))
+                .record_with(&topic, change_of(&message, version), wait)
                 .await;
             if !newer && only_if_newer {
                 return Ok(false);

@@ -75,6 +75,12 @@ impl PeerLinks {
     pub fn status(&self) -> Vec<PeerStatus> {
         self.0.status()
     }
+
+    /// A counter of inbound links that delivered their peer's whole retained set; it changes
+    /// each time one more does ([`PeerStatus::synced`] says which links are synced now).
+    pub fn synced_links(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.synced_links()
+    }
 }
 
 /// A running broker: its listener address, its in-process client and its metrics.

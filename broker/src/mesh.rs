@@ -3,6 +3,10 @@
 //! are Roost's peer protocol over TCP to the peer's MQTT port (`wire.rs`; the edge hands a
 //! connection that opens with the protocol's preamble to [`Mesh::accept`]).
 //!
+//! After the retained set, a link sends `synced`: the receiving node then holds everything
+//! the peer held when the link opened. [`PeerStatus::synced`] and [`crate::PeerLinks`]'s
+//! sync counter let the node's state replication tell when it has caught up.
+//!
 //! Why there are no loops and no duplicates (docs/cluster.md has the whole argument):
 //! - one hop: a message is forwarded only by the node where it entered (`Origin::is_local`);
 //!   a peer's message enters here as `Origin::Peer` and is never forwarded again;
@@ -25,7 +29,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registr
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -89,6 +93,8 @@ pub struct PeerStatus {
     pub outbound: &'static str,
     /// Whether its link to here is up.
     pub inbound: bool,
+    /// Whether that link has delivered the peer's whole retained set (as of the link's start).
+    pub synced: bool,
     /// Links to it opened after the first.
     pub reconnects: u64,
     /// Messages sent to it.
@@ -232,6 +238,8 @@ struct InboundLink {
     incarnation: u64,
     /// When a frame was last read on it.
     last_seen: Instant,
+    /// Whether the peer's retained set has arrived in full on it (`synced` frame).
+    synced: bool,
     /// Ends it (a reconnect of the same incarnation replaces it).
     cancel: CancellationToken,
 }
@@ -266,6 +274,9 @@ struct Peer {
     outbox: Mutex<Outbox>,
     /// Woken when the outbox has something new.
     wake: Notify,
+    /// Woken when the peer linked to here: it is up, so a dial waiting out its backoff
+    /// goes at once.
+    redial: Notify,
     /// Held by the inbound link for its whole life: one at a time routes a peer's messages.
     inbound: tokio::sync::Mutex<Inbound>,
     /// The live inbound link.
@@ -380,6 +391,8 @@ pub(crate) struct Mesh {
     metrics: MeshMetrics,
     /// The largest frame a peer may send.
     max_frame: usize,
+    /// Counts inbound links that delivered their peer's whole retained set.
+    synced: watch::Sender<u64>,
     token: CancellationToken,
 }
 
@@ -407,6 +420,7 @@ impl Mesh {
                     counters: PeerCounters::new(&metrics, &p.id),
                     outbox: Mutex::new(Outbox::default()),
                     wake: Notify::new(),
+                    redial: Notify::new(),
                     inbound: tokio::sync::Mutex::new(Inbound::default()),
                     link: Mutex::new(None),
                     state: Mutex::new(("connecting", None)),
@@ -432,6 +446,7 @@ impl Mesh {
             metrics,
             // A frame is a PUBLISH's envelope and topic plus a few fixed fields.
             max_frame: max_packet_size + 1024,
+            synced: watch::Sender::new(0),
             token,
         })
     }
@@ -454,11 +469,16 @@ impl Mesh {
                     |v: &IntCounterVec, dir: &str| v.with_label_values(&[&p.id, dir]).get();
                 let (outbound, last_error) =
                     p.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let (inbound, synced) = {
+                    let link = p.link();
+                    (link.is_some(), link.as_ref().is_some_and(|l| l.synced))
+                };
                 PeerStatus {
                     id: p.id.to_string(),
                     addr: p.addr.clone(),
                     outbound,
-                    inbound: p.link().is_some(),
+                    inbound,
+                    synced,
                     reconnects: self.metrics.reconnects.with_label_values(&[&p.id]).get(),
                     messages_out: counter(&self.metrics.messages, "out"),
                     messages_in: counter(&self.metrics.messages, "in"),
@@ -469,6 +489,12 @@ impl Mesh {
                 }
             })
             .collect()
+    }
+
+    /// A receiver that sees the count of completed retained-set transfers change each time an
+    /// inbound link delivers its peer's whole set.
+    pub(crate) fn synced_links(&self) -> watch::Receiver<u64> {
+        self.synced.subscribe()
     }
 
     /// Keeps a link to `peer` open until shutdown, reconnecting with capped, jittered
@@ -495,6 +521,7 @@ impl Mesh {
             tokio::select! {
                 () = self.token.cancelled() => return,
                 () = tokio::time::sleep(jittered) => {}
+                () = peer.redial.notified() => backoff.reset(),
             }
         }
     }
@@ -634,6 +661,7 @@ impl Mesh {
                 send(writer, &mut batch, &out_bytes).await?;
             }
         }
+        batch.extend_from_slice(&wire::synced());
         send(writer, &mut batch, &out_bytes).await?;
         // The sequence number of the last message written on this link.
         let mut sent = 0;
@@ -740,6 +768,7 @@ impl Mesh {
             id: link_id,
             incarnation,
             last_seen: Instant::now(),
+            synced: false,
             cancel: cancel.clone(),
         }) {
             old.cancel.cancel();
@@ -757,6 +786,9 @@ impl Mesh {
         let outcome = match write.write_all(&welcome).await {
             Ok(()) => {
                 tracing::info!(peer = %peer.id, %remote, "link from peer up");
+                // A peer that just started has been unreachable: link back now rather than
+                // after the backoff, so it receives this node's retained set at once.
+                peer.redial.notify_one();
                 self.run_in(&peer, &mut state, &mut reader, &mut write, &cancel)
                     .await
             }
@@ -898,6 +930,13 @@ impl Mesh {
                             .merge(message)
                             .await
                             .map_err(|e| e.to_string())?;
+                    }
+                    Frame::Synced => {
+                        if let Some(link) = peer.link().as_mut() {
+                            link.synced = true;
+                        }
+                        tracing::debug!(peer = %peer.id, "peer's retained set received");
+                        self.synced.send_modify(|n| *n += 1);
                     }
                     Frame::Ping => ping = true,
                     Frame::Bye => return Ok(()),

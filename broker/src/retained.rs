@@ -205,6 +205,15 @@ impl Stored {
     }
 }
 
+/// What a retained write waits for before it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// The commit that makes it durable.
+    Durable,
+    /// Only its place in the writer's queue (the file still sees writes in order).
+    Queued,
+}
+
 /// What a publish does to the retained set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Change {
@@ -423,22 +432,30 @@ impl Retained {
         for topic in expired {
             // Checked again under the lock: the topic may have been set anew meanwhile.
             if self
-                .write_if(&topic, None, |sets| {
-                    sets.messages.get(&*topic).is_some_and(|s| s.expired(now))
-                })
+                .write_if(
+                    &topic,
+                    None,
+                    |sets| sets.messages.get(&*topic).is_some_and(|s| s.expired(now)),
+                    Wait::Durable,
+                )
                 .await
             {
                 purged += 1;
             }
         }
         for topic in old {
-            self.write_if(&topic, None, |sets| {
-                !sets.messages.contains_key(&*topic)
-                    && sets
-                        .tombstones
-                        .get(&*topic)
-                        .is_some_and(|v| v.written_ms() < forget_before)
-            })
+            self.write_if(
+                &topic,
+                None,
+                |sets| {
+                    !sets.messages.contains_key(&*topic)
+                        && sets
+                            .tombstones
+                            .get(&*topic)
+                            .is_some_and(|v| v.written_ms() < forget_before)
+                },
+                Wait::Durable,
+            )
             .await;
         }
         purged
@@ -454,29 +471,42 @@ impl Retained {
     /// and returns once it is durable; false when an entry as new or newer was there. A
     /// failed write is logged and counted; the message still flows (the live set matters more
     /// than its copy).
+    #[cfg(test)]
     pub(crate) async fn record(&self, topic: &str, change: Change) -> bool {
+        self.record_with(topic, change, Wait::Durable).await
+    }
+
+    /// [`Retained::record`], returning once memory holds the change when `wait` is
+    /// [`Wait::Queued`]: for changes another copy keeps durable (a peer's, or a node part
+    /// that republishes from its own store), so a crash here loses nothing the next link or
+    /// start does not bring back. The file still sees every change in order.
+    pub(crate) async fn record_with(&self, topic: &str, change: Change, wait: Wait) -> bool {
         self.inner.clock.observe(change.version().stamp);
         let entry = match change {
             Change::Set(stored) => Entry::Message(stored),
             Change::Delete(version) => Entry::Tombstone(version),
         };
         let version = entry.version().clone();
-        self.write_if(topic, Some(entry), |sets| {
-            sets.version(topic).is_none_or(|v| *v < version)
-        })
+        self.write_if(
+            topic,
+            Some(entry),
+            |sets| sets.version(topic).is_none_or(|v| *v < version),
+            wait,
+        )
         .await
     }
 
     /// Makes `entry` the topic's entry (`None`: forgets the topic) if `when` holds for the set
-    /// now (checked under the lock), and returns once it is durable; false when it did not
-    /// hold.
+    /// now (checked under the lock), and returns once it is durable (or only queued, as `wait`
+    /// says); false when it did not hold.
     async fn write_if(
         &self,
         topic: &str,
         entry: Option<Entry>,
         when: impl FnOnce(&Sets) -> bool,
+        wait: Wait,
     ) -> bool {
-        let (done, wait) = oneshot::channel();
+        let (done, done_rx) = oneshot::channel();
         let permit = self.inner.writes.reserve().await.ok();
         let result = {
             // The memory update and the queueing happen under one lock, so the file sees
@@ -502,9 +532,13 @@ impl Retained {
                 None => Some(Err("writer stopped".to_owned())),
             }
         };
-        let result = match result {
-            Some(failed) => failed,
-            None => wait.await.unwrap_or_else(|_| Err("writer stopped".into())),
+        let result = match (result, wait) {
+            (Some(failed), _) => failed,
+            // The writer logs a failed commit nobody waits for.
+            (None, Wait::Queued) => return true,
+            (None, Wait::Durable) => done_rx
+                .await
+                .unwrap_or_else(|_| Err("writer stopped".into())),
         };
         if let Err(e) = result {
             tracing::error!(topic, error = %e, "could not persist a retained message");
@@ -579,8 +613,12 @@ fn write_loop(db: Database, mut queue: mpsc::Receiver<Msg>) {
         }
         if !batch.is_empty() {
             let result = commit(&db, &batch).map_err(|e| e.to_string());
+            let mut unheard = false;
             for op in batch {
-                let _ = op.done.send(result.clone());
+                unheard |= op.done.send(result.clone()).is_err();
+            }
+            if let (Err(e), true) = (&result, unheard) {
+                tracing::error!(error = %e, "could not persist retained messages nobody waited for");
             }
         }
         if close.is_some() {

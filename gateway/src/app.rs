@@ -2,8 +2,8 @@
 //! Ctrl-C, then shut down within the contract's 5 s: announce offline, stop every task,
 //! flush the state store, exit 0.
 //!
-//! Start order: telemetry, state store, broker (with the mesh), cluster coordinator, HTTP,
-//! presence, demo. At the stop, a leader hands the lease over first. Each part
+//! Start order: telemetry, state store, broker (with the mesh), cluster coordinator, state
+//! replication, HTTP, presence, demo. At the stop, a leader hands the lease over first. Each part
 //! gets a child of the root cancellation token and runs on the shared task tracker.
 
 use std::net::SocketAddr;
@@ -22,6 +22,7 @@ use crate::demo::Demo;
 use crate::http::{self, AppState};
 use crate::lease::Timing;
 use crate::logging;
+use crate::replication;
 use crate::state::Store;
 use crate::telemetry::Telemetry;
 use crate::topics::Topics;
@@ -135,6 +136,29 @@ async fn run_node(settings: Settings) -> anyhow::Result<()> {
     .await
     .context("starting the cluster coordinator")?;
 
+    let replicated = replication::start(
+        replication::Setup {
+            client: client.clone(),
+            store: store.clone(),
+            view: view.clone(),
+            links: Some(broker.peer_links()),
+            node: node.clone(),
+            members: std::iter::once(node.to_string())
+                .chain(settings.cluster.peers.iter().map(|p| p.id.to_string()))
+                .collect(),
+            topics: topics.clone(),
+            tuning: replication::Tuning {
+                tombstone_ttl: settings.state.tombstone_ttl,
+                anti_entropy_interval: settings.state.anti_entropy_interval,
+            },
+        },
+        &registry,
+        &tracker,
+        token.child_token(),
+    )
+    .await
+    .context("starting state replication")?;
+
     let http_listener = TcpListener::bind(settings.http.listen)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", settings.http.listen))?;
@@ -147,6 +171,7 @@ async fn run_node(settings: Settings) -> anyhow::Result<()> {
         broker: broker.metrics(),
         mqtt_addr: broker.local_addr(),
         store: store.clone(),
+        replicated: replicated.clone(),
         telemetry,
         shutdown: token.clone(),
     });
@@ -177,7 +202,7 @@ async fn run_node(settings: Settings) -> anyhow::Result<()> {
     if settings.demo.enabled {
         let demo = Demo::new(
             client.clone(),
-            store.clone(),
+            replicated.clone(),
             topics.clone(),
             node.clone(),
             &registry,

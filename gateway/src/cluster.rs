@@ -181,6 +181,11 @@ impl ClusterView {
         }
     }
 
+    /// The lease holder (if any) and the current term, read together.
+    pub fn leader_and_term(&self) -> (Option<NodeId>, u64) {
+        self.read(|v| (v.leader.clone(), v.term))
+    }
+
     /// The current term.
     pub fn term(&self) -> u64 {
         self.read(|v| v.term)

@@ -31,6 +31,8 @@ const DEFAULT_MAX_QUEUED_MESSAGES: usize = 1000;
 const DEFAULT_HTTP_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
 const DEFAULT_CLUSTER_NAME: &str = "home";
 const DEFAULT_LOG_LEVEL: &str = "info";
+const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(3600);
+const DEFAULT_ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Node id used when the hostname yields nothing usable.
 const FALLBACK_NODE_ID: &str = "roost";
@@ -218,6 +220,8 @@ pub struct Settings {
     pub log: LogSettings,
     /// Simulated demo devices.
     pub demo: DemoSettings,
+    /// Replicated state.
+    pub state: StateSettings,
 }
 
 impl Settings {
@@ -237,6 +241,7 @@ impl Settings {
             cluster: ClusterSettings::default(),
             log: LogSettings::default(),
             demo: DemoSettings { enabled: true },
+            state: StateSettings::default(),
         }
     }
 }
@@ -500,6 +505,26 @@ pub struct DemoSettings {
     pub enabled: bool,
 }
 
+/// `[state]`: how the replicated state store keeps in step (docs/state.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateSettings {
+    /// `state.tombstone_ttl`: how long a deleted key's tombstone is kept and replicated
+    /// before it is cleared everywhere. Default 1 h.
+    pub tombstone_ttl: Duration,
+    /// `state.anti_entropy_interval`: how often the store is compared with the retained
+    /// state topics (also after every peer link's sync). Default 30 s.
+    pub anti_entropy_interval: Duration,
+}
+
+impl Default for StateSettings {
+    fn default() -> Self {
+        StateSettings {
+            tombstone_ttl: DEFAULT_TOMBSTONE_TTL,
+            anti_entropy_interval: DEFAULT_ANTI_ENTROPY_INTERVAL,
+        }
+    }
+}
+
 // === raw file structs ===
 // Every field is optional here so that a missing value is reported by validation together
 // with everything else; `Spanned` keeps the byte range of each value that validation inspects.
@@ -519,6 +544,8 @@ struct FileConfig {
     log: LogConfig,
     #[serde(default)]
     demo: DemoConfig,
+    #[serde(default)]
+    state: StateConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -585,6 +612,13 @@ struct LogConfig {
 #[serde(deny_unknown_fields)]
 struct DemoConfig {
     enabled: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateConfig {
+    tombstone_ttl: Option<Spanned<String>>,
+    anti_entropy_interval: Option<Spanned<String>>,
 }
 
 // === validation ===
@@ -747,6 +781,7 @@ impl FileConfig {
             cluster,
             log,
             demo,
+            state,
         } = self;
 
         let node_id = match node.id {
@@ -836,6 +871,18 @@ impl FileConfig {
             log,
             demo: DemoSettings {
                 enabled: demo.enabled.unwrap_or(false),
+            },
+            state: StateSettings {
+                tombstone_ttl: v.positive_duration(
+                    "state.tombstone_ttl",
+                    state.tombstone_ttl,
+                    DEFAULT_TOMBSTONE_TTL,
+                ),
+                anti_entropy_interval: v.positive_duration(
+                    "state.anti_entropy_interval",
+                    state.anti_entropy_interval,
+                    DEFAULT_ANTI_ENTROPY_INTERVAL,
+                ),
             },
         }
     }
@@ -1163,6 +1210,10 @@ format = "json"
 
 [demo]
 enabled = true
+
+[state]
+tombstone_ttl = "10m"
+anti_entropy_interval = "5s"
 "#,
         );
         let expected = Settings {
@@ -1217,6 +1268,10 @@ enabled = true
                 format: LogFormat::Json,
             },
             demo: DemoSettings { enabled: true },
+            state: StateSettings {
+                tombstone_ttl: Duration::from_secs(600),
+                anti_entropy_interval: Duration::from_secs(5),
+            },
         };
         assert_eq!(s, expected);
     }

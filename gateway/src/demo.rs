@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::NodeId;
-use crate::state::{self, Key, Namespace, Store};
+use crate::replication::{Replicated, WriteError};
+use crate::state::{self, Key, Namespace};
 use crate::topics::Topics;
 
 /// How often the temperature sensor reports.
@@ -23,9 +24,12 @@ const PRESS_LENGTH: Duration = Duration::from_millis(300);
 /// Why the demo devices stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
-    /// The relay's state could not be read or written.
+    /// The relay's state could not be read.
     #[error("demo relay state: {0}")]
     Store(#[from] state::Error),
+    /// The relay's state could not be written.
+    #[error("demo relay state: {0}")]
+    Write(#[from] WriteError),
     /// The broker refused a publish or subscription.
     #[error("demo devices: {0}")]
     Broker(#[from] roost_broker::Error),
@@ -69,7 +73,7 @@ impl RelayCommand {
 /// The demo devices' wiring.
 pub struct Demo {
     client: BrokerClient,
-    store: Store,
+    state: Replicated,
     topics: Topics,
     node: NodeId,
     command_errors: IntCounterVec,
@@ -93,7 +97,7 @@ impl Demo {
     /// Registers the demo's metric and prepares its topics.
     pub fn new(
         client: BrokerClient,
-        store: Store,
+        state: Replicated,
         topics: Topics,
         node: NodeId,
         registry: &Registry,
@@ -108,7 +112,7 @@ impl Demo {
         registry.register(Box::new(command_errors.clone()))?;
         Ok(Demo {
             client,
-            store,
+            state,
             topics,
             node,
             command_errors,
@@ -119,7 +123,8 @@ impl Demo {
     pub async fn run(self, token: CancellationToken) -> Result<(), DemoError> {
         let relay_key = Key::new(Namespace::Devices, format!("{}/demo-relay", self.node))?;
         let mut relay_on = self
-            .store
+            .state
+            .store()
             .get::<RelayState>(&relay_key)
             .await?
             .map(|e| e.value.on)
@@ -150,7 +155,7 @@ impl Demo {
                         continue;
                     };
                     let on = command.apply(relay_on);
-                    self.store.put(&relay_key, &RelayState { on }).await?;
+                    self.state.put(&relay_key, &RelayState { on }).await?;
                     relay_on = on;
                     self.client.publish(&relay_state, on_off(on), true).await?;
                 }

@@ -4,7 +4,8 @@
 //! # Layout
 //! - `cli`, `app`: the command line, and one node's start order and shutdown;
 //! - `config`: the TOML file, validated into `Settings` with `FILE:LINE:COL` errors;
-//! - `state`: the redb state store, one writer with group commit, ready to replicate;
+//! - `state`: the redb state store, one writer with group commit;
+//! - `replication`: the store kept in step on every node through retained MQTT;
 //! - `cluster`, `topics`: the cluster view (members, leader, term) and every topic name;
 //! - `lease`, `coordinator`: the leader lease as a pure state machine, and the task that
 //!   runs it over MQTT with heartbeats, membership and cluster events;
@@ -23,6 +24,7 @@ pub mod demo;
 pub mod http;
 pub mod lease;
 pub mod logging;
+pub mod replication;
 pub mod state;
 pub mod status;
 pub mod telemetry;

@@ -76,6 +76,12 @@ impl Topics {
         format!("{}/witness/claim/+", self.root)
     }
 
+    /// The root of the replicated state's topics, `$<prefix>/<cluster>/state/`; a key goes on
+    /// `<root><ns>/<path>` (`replication/rules.rs`).
+    pub fn state_root(&self) -> String {
+        format!("${}/state/", self.root)
+    }
+
     /// `<prefix>/<cluster>/devices/<node>/<device>/<leaf>`: a device's topics.
     pub fn device(&self, node: &NodeId, device: &str, leaf: &str) -> String {
         format!("{}/devices/{node}/{device}/{leaf}", self.root)
@@ -104,6 +110,7 @@ mod tests {
             "roost/home/witness/heartbeat/node-a"
         );
         assert_eq!(t.witness_heartbeats(), "roost/home/witness/heartbeat/+");
+        assert_eq!(t.state_root(), "$roost/home/state/");
         assert_eq!(
             t.device(&n, "demo-relay", "set"),
             "roost/home/devices/node-a/demo-relay/set"

@@ -14,6 +14,7 @@
 //! | 6 | ack | sequence u64 | the acceptor |
 //! | 7 | ping | — | the dialer |
 //! | 8 | bye | — | the dialer |
+//! | 9 | synced | — | the dialer, once, right after the last retained entry of the link |
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
@@ -34,6 +35,7 @@ const RETAINED: u8 = 5;
 const ACK: u8 = 6;
 const PING: u8 = 7;
 const BYE: u8 = 8;
+const SYNCED: u8 = 9;
 
 /// Refusal reasons a peer may send, as metric labels; anything else counts as `other`.
 const REASONS: [&str; 7] = [
@@ -88,6 +90,7 @@ pub(crate) enum Frame {
     },
     Ping,
     Bye,
+    Synced,
 }
 
 /// Why a frame could not be read.
@@ -238,6 +241,7 @@ fn decode(mut body: Bytes) -> Result<Frame, WireError> {
         },
         PING => Frame::Ping,
         BYE => Frame::Bye,
+        SYNCED => Frame::Synced,
         other => return Err(WireError::Kind(other)),
     };
     if !body.is_empty() {
@@ -365,6 +369,11 @@ pub(crate) fn bye() -> Bytes {
     frame(BYE, 0, |_| {})
 }
 
+/// The end of the retained set sent at the start of a link.
+pub(crate) fn synced() -> Bytes {
+    frame(SYNCED, 0, |_| {})
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,6 +434,7 @@ mod tests {
         assert_eq!(parse(&ack(12)).unwrap(), Frame::Ack { seq: 12 });
         assert_eq!(parse(&ping()).unwrap(), Frame::Ping);
         assert_eq!(parse(&bye()).unwrap(), Frame::Bye);
+        assert_eq!(parse(&synced()).unwrap(), Frame::Synced);
     }
 
     #[test]

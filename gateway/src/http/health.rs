@@ -17,6 +17,8 @@ struct Health {
     cluster: ClusterHealth,
     uptime_seconds: u64,
     version: &'static str,
+    /// Whether the replicated state has caught up (`replication::SyncStatus`).
+    state: crate::replication::SyncStatus,
 }
 
 pub(super) fn router() -> Router<AppState> {
@@ -34,6 +36,7 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<serde_json::
         cluster,
         uptime_seconds: state.uptime_seconds(),
         version: env!("CARGO_PKG_VERSION"),
+        state: state.replicated.sync_status(),
     };
     // Serializing these plain structs cannot fail; fall back to null rather than panic.
     (code, Json(serde_json::to_value(body).unwrap_or_default()))

@@ -1,5 +1,6 @@
 //! The node's HTTP server (axum): `/health`, `/metrics`, the dashboard at `/` and its JSON
-//! API under `/api/`. Handlers only read shared state; nothing here changes the node.
+//! API under `/api/`. Handlers read shared state; the only writes are the state API's
+//! (`state_api.rs`), which go through replication's ownership rules.
 //!
 //! `router()` builds the whole app from an [`AppState`], so tests can drive it with
 //! `tower::ServiceExt::oneshot` and the binary can serve it on a socket.
@@ -8,6 +9,7 @@ mod api;
 mod dashboard;
 mod health;
 mod metrics;
+mod state_api;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use roost_broker::BrokerMetrics;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::ClusterView;
+use crate::replication::Replicated;
 use crate::state::Store;
 use crate::telemetry::Telemetry;
 
@@ -43,6 +46,8 @@ pub struct Inner {
     pub mqtt_addr: SocketAddr,
     /// The state store, for its key count.
     pub store: Store,
+    /// Replicated state: writes from the API, and whether the store is in sync.
+    pub replicated: Replicated,
     /// The Prometheus registry `/metrics` renders.
     pub telemetry: Telemetry,
     /// Cancelled at shutdown, so live streams end and the server can stop.

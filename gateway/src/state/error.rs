@@ -85,6 +85,26 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A stored record is not a record: the file was changed from outside.
+    #[error("stored record of {key} is damaged")]
+    Corrupt {
+        /// The key being read.
+        key: Key,
+        /// What is wrong with it.
+        #[source]
+        source: super::RecordError,
+    },
+    /// A write of an older lease term than the record the key holds: the writer was a leader
+    /// that has since been replaced.
+    #[error("write to {key} in term {term} refused: the key holds a write of term {stored}")]
+    StaleTerm {
+        /// The key.
+        key: Key,
+        /// The term of the refused write.
+        term: u64,
+        /// The term of the record the key holds.
+        stored: u64,
+    },
     /// A background read task did not finish (the runtime is shutting down, or it panicked).
     #[error("state read task failed")]
     Task {

@@ -59,8 +59,8 @@ impl fmt::Display for Namespace {
 
 /// A validated key: a namespace plus a path such as `burst/000042` or `relay-1/state`.
 ///
-/// The path is 1 to [`MAX_PATH_LEN`] bytes of UTF-8 without NUL; `/` is allowed and is what
-/// [`Store::scan_prefix`](super::Store::scan_prefix) is usually given. Build keys with
+/// The path is 1 to [`MAX_PATH_LEN`] bytes of UTF-8 without NUL, `+` or `#`; `/` is allowed
+/// and is what [`Store::scan_prefix`](super::Store::scan_prefix) is usually given. Build keys with
 /// [`Key::new`]; the fields are public for matching and reading, and the store re-checks a key
 /// built by hand before using it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -73,7 +73,7 @@ pub struct Key {
 
 impl Key {
     /// A key in `ns` at `path`, or [`Error::InvalidKey`] if the path is empty, longer than
-    /// [`MAX_PATH_LEN`] bytes, or contains NUL.
+    /// [`MAX_PATH_LEN`] bytes, or contains NUL, `+` or `#`.
     pub fn new(ns: Namespace, path: impl Into<String>) -> Result<Key, Error> {
         let key = Key {
             ns,
@@ -91,6 +91,9 @@ impl Key {
             "path is longer than 256 bytes"
         } else if self.path.contains('\0') {
             "path contains NUL"
+        } else if self.path.contains(['+', '#']) {
+            // Replicated keys are MQTT topic levels (docs/state.md), where these are wildcards.
+            "path contains '+' or '#'"
         } else {
             return Ok(());
         };

@@ -19,8 +19,10 @@ const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0
 /// Handles on the registered metrics; cloning shares the same series.
 #[derive(Clone)]
 pub(crate) struct Metrics {
-    /// `roost_state_keys`: keys in the store after the last commit.
+    /// `roost_state_keys`: records in the store (tombstones included) after the last commit.
     pub(crate) keys: IntGauge,
+    /// `roost_state_tombstones`: tombstones among them.
+    pub(crate) tombstones: IntGauge,
     /// `roost_state_writes_total`: puts and deletes committed.
     pub(crate) writes: IntCounter,
     /// `roost_state_write_seconds`: from a caller's send to its acknowledgement.
@@ -38,7 +40,7 @@ impl Metrics {
     /// replaces the series of the previous one instead of failing.
     pub(crate) fn register(registry: &Registry) -> Result<Metrics, Error> {
         let metrics_err = |source| Error::Metrics { source };
-        let keys = IntGauge::new("roost_state_keys", "Keys in the local state store.")
+        let keys = IntGauge::new("roost_state_keys", "Records in the local state store, tombstones included.")
             .map_err(metrics_err)?;
         let writes = IntCounter::new(
             "roost_state_writes_total",
@@ -61,6 +63,11 @@ impl Metrics {
             .buckets(BATCH_SIZE_BUCKETS.to_vec()),
         )
         .map_err(metrics_err)?;
+        let tombstones = IntGauge::new(
+            "roost_state_tombstones",
+            "Deleted keys the state store keeps as tombstones until replication clears them.",
+        )
+        .map_err(metrics_err)?;
         let write_errors = IntCounter::new(
             "roost_state_write_errors_total",
             "State store puts and deletes that failed.",
@@ -69,6 +76,7 @@ impl Metrics {
 
         let metrics = Metrics {
             keys,
+            tombstones,
             writes,
             write_seconds,
             batch_size,
@@ -80,6 +88,7 @@ impl Metrics {
 
     fn register_all(&self, registry: &Registry) -> Result<(), prometheus::Error> {
         register_one(registry, &self.keys)?;
+        register_one(registry, &self.tombstones)?;
         register_one(registry, &self.writes)?;
         register_one(registry, &self.write_seconds)?;
         register_one(registry, &self.batch_size)?;

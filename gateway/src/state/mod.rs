@@ -42,7 +42,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use redb::{Database, ReadableDatabase, ReadableTableMetadata};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -50,8 +50,10 @@ use tracing::{debug, info, warn};
 
 pub use error::Error;
 pub use key::{Key, Namespace, MAX_PATH_LEN};
+pub use record::{Record, RecordError};
 
 use metrics::Metrics;
+pub(crate) use writer::unix_ms;
 use writer::{Msg, WriteOp, Writer, QUEUE_DEPTH, TABLE};
 
 /// Name of the database file inside the data directory.
@@ -72,10 +74,14 @@ const CLOSE_READ_GRACE: Duration = Duration::from_secs(5);
 /// One stored value with its bookkeeping.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry<T> {
-    /// Per-key version: 1 for the first put, +1 on every put after it. A key that is deleted
-    /// and put again starts over at 1 (no tombstones are kept).
+    /// Per-key version: 1 for the first write, +1 on every write after it (a delete too, in
+    /// the replicated namespaces, where it leaves a tombstone for a while).
     pub version: u64,
-    /// When this version was committed, in milliseconds since the Unix epoch (the node's clock).
+    /// The lease term of the write, for keys the leader owns; 0 for other keys.
+    pub term: u64,
+    /// The node that wrote this version (empty for the `node` namespace's old records).
+    pub origin: String,
+    /// When this version was committed by its origin, in milliseconds since the Unix epoch.
     pub updated_ms: u64,
     /// The value.
     pub value: T,
@@ -86,10 +92,32 @@ pub struct Entry<T> {
 pub struct Change {
     /// The key written.
     pub key: Key,
-    /// For a put, the new version; for a delete, the version of the entry that was removed.
-    pub version: u64,
-    /// The new value as JSON, or `None` if the key was deleted.
-    pub value: Option<serde_json::Value>,
+    /// What the key holds now; its `value` is `None` when the key was deleted (a tombstone
+    /// in the replicated namespaces) or forgotten.
+    pub record: Record,
+    /// Whether the change came from a peer (applied or forgotten by replication) rather
+    /// than from a write of this node.
+    pub remote: bool,
+}
+
+/// What became of one peer's record given to [`Store::apply`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// It superseded what the key held and is stored; `conflict` when both had the same
+    /// term and version (two writers where one was expected) and the tie-break chose it.
+    Applied {
+        /// Whether a record of the same term and version was replaced.
+        conflict: bool,
+    },
+    /// The key already holds exactly this record.
+    Duplicate,
+    /// The key holds a record that supersedes it; nothing changed.
+    Stale {
+        /// What the key holds.
+        stored: Record,
+    },
+    /// A tombstone older than the horizon, for a key with no record: not stored.
+    Expired,
 }
 
 /// A cheap, cloneable handle on the node's state store. Every clone talks to the same writer.
@@ -108,8 +136,10 @@ struct Inner {
     ops: mpsc::Sender<Msg>,
     /// The change channel; the writer holds the only strong sender, so it closes with the writer.
     changes: broadcast::WeakSender<Change>,
-    /// Number of keys, maintained by the writer after each commit.
+    /// Number of records (tombstones included), maintained by the writer after each commit.
     len: Arc<AtomicU64>,
+    /// Number of tombstones, maintained by the writer.
+    tombstones: Arc<AtomicU64>,
     /// Set by the first [`Store::close`]; later calls fail fast with [`Error::Closed`].
     closed: AtomicBool,
     /// The store's metrics (the writer has its own clone).
@@ -132,15 +162,19 @@ impl Store {
         })?;
         let path = data_dir.join(FILE_NAME);
         let opened = Instant::now();
-        let (db, len) = open_db(&path).map_err(|source| Error::Open {
+        let (db, len, tombstones) = open_db(&path).map_err(|source| Error::Open {
             path: path.clone(),
             source,
         })?;
         let metrics = Metrics::register(registry)?;
         metrics.keys.set(i64::try_from(len).unwrap_or(i64::MAX));
+        metrics
+            .tombstones
+            .set(i64::try_from(tombstones).unwrap_or(i64::MAX));
 
         let db = Arc::new(db);
         let len = Arc::new(AtomicU64::new(len));
+        let tombstones = Arc::new(AtomicU64::new(tombstones));
         let (ops_tx, ops_rx) = mpsc::channel(QUEUE_DEPTH);
         let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
         let weak_changes = changes.downgrade();
@@ -149,6 +183,7 @@ impl Store {
             ops: ops_rx,
             changes,
             len: Arc::clone(&len),
+            tombstones: Arc::clone(&tombstones),
             metrics: metrics.clone(),
         };
         let span = tracing::info_span!("state_writer", path = %path.display());
@@ -170,17 +205,32 @@ impl Store {
                 ops: ops_tx,
                 changes: weak_changes,
                 len,
+                tombstones,
                 closed: AtomicBool::new(false),
                 metrics,
             }),
         })
     }
 
-    /// Stores `value` under `key` and returns its new version.
+    /// Stores `value` under `key` and returns its new version. For keys of the replicated
+    /// namespaces use the replication layer (`crate::replication`), which checks who may
+    /// write them and publishes the write; this writes the local copy only.
     ///
     /// Resolves only once the write is durably committed (fsync'd) together with its batch.
     /// If the future is dropped after the op was queued, the write may still commit.
     pub async fn put<T: Serialize + ?Sized>(&self, key: &Key, value: &T) -> Result<u64, Error> {
+        self.put_as(key, value, 0, &Arc::from("")).await
+    }
+
+    /// [`Store::put`] recording `origin` as the writer and `term` as its lease term. Fails
+    /// with [`Error::StaleTerm`] if the key holds a record of a later term.
+    pub async fn put_as<T: Serialize + ?Sized>(
+        &self,
+        key: &Key,
+        value: &T,
+        term: u64,
+        origin: &Arc<str>,
+    ) -> Result<u64, Error> {
         self.check_open()?;
         key.validate()?;
         let value = serde_json::to_value(value).map_err(|source| {
@@ -194,6 +244,8 @@ impl Store {
         self.queue(WriteOp::Put {
             key: key.clone(),
             value,
+            term,
+            origin: Arc::clone(origin),
             sent: Instant::now(),
             reply,
         })
@@ -201,13 +253,22 @@ impl Store {
         answer.await.map_err(|_| Error::Closed)?
     }
 
-    /// Removes `key`; returns whether it existed. Durable once it resolves, like [`Store::put`].
+    /// Deletes `key`; returns whether it had a value. In a replicated namespace the key keeps
+    /// a tombstone (the next version, without a value) until replication clears it; in
+    /// `node` it is removed. Durable once it resolves, like [`Store::put`].
     pub async fn delete(&self, key: &Key) -> Result<bool, Error> {
+        self.delete_as(key, 0, &Arc::from("")).await
+    }
+
+    /// [`Store::delete`] recording `origin` and `term` as [`Store::put_as`] does.
+    pub async fn delete_as(&self, key: &Key, term: u64, origin: &Arc<str>) -> Result<bool, Error> {
         self.check_open()?;
         key.validate()?;
         let (reply, answer) = oneshot::channel();
         self.queue(WriteOp::Delete {
             key: key.clone(),
+            term,
+            origin: Arc::clone(origin),
             sent: Instant::now(),
             reply,
         })
@@ -215,7 +276,46 @@ impl Store {
         answer.await.map_err(|_| Error::Closed)?
     }
 
-    /// The entry stored under `key`, decoded as `T`, or `None` if there is none.
+    /// Stores each of peers' `records` whose key holds nothing newer ([`Record::order`]), in
+    /// one durable batch, and returns what became of each. A tombstone written before
+    /// `horizon_ms` is not stored for a key without a record.
+    pub async fn apply(
+        &self,
+        records: Vec<(Key, Record)>,
+        horizon_ms: u64,
+    ) -> Result<Vec<Outcome>, Error> {
+        self.check_open()?;
+        for (key, _) in &records {
+            key.validate()?;
+        }
+        let (reply, answer) = oneshot::channel();
+        self.queue(WriteOp::Apply {
+            records,
+            horizon_ms,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Removes `key` entirely (no tombstone) if it still holds `version`; returns whether it
+    /// did. For tombstones that have done their work, and for keys whose replicated copy was
+    /// cleared.
+    pub async fn forget(&self, key: &Key, version: u64) -> Result<bool, Error> {
+        self.check_open()?;
+        key.validate()?;
+        let (reply, answer) = oneshot::channel();
+        self.queue(WriteOp::Forget {
+            key: key.clone(),
+            version,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| Error::Closed)?
+    }
+
+    /// The entry stored under `key`, decoded as `T`, or `None` if there is none (or only a
+    /// tombstone).
     ///
     /// Sees every write that was acknowledged before the call.
     pub async fn get<T: DeserializeOwned>(&self, key: &Key) -> Result<Option<Entry<T>>, Error> {
@@ -231,10 +331,31 @@ impl Store {
         .await
         .map_err(|source| Error::Task { source })?
         .map_err(|source| Error::Read { source })?;
+        match raw {
+            Some(bytes) => record::decode(key, &bytes)?.into_entry(key),
+            None => Ok(None),
+        }
+    }
+
+    /// The record stored under `key`, tombstones included.
+    pub async fn record(&self, key: &Key) -> Result<Option<Record>, Error> {
+        key.validate()?;
+        let db = self.db()?;
+        let raw_key = key.encode();
+        let raw = tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>, redb::Error> {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(TABLE)?;
+            let found = table.get(raw_key.as_str())?;
+            Ok(found.map(|guard| guard.value().to_vec()))
+        })
+        .await
+        .map_err(|source| Error::Task { source })?
+        .map_err(|source| Error::Read { source })?;
         raw.map(|bytes| record::decode(key, &bytes)).transpose()
     }
 
-    /// Every entry of `ns` whose path starts with `prefix`, ordered by path (byte order).
+    /// Every entry of `ns` whose path starts with `prefix`, ordered by path (byte order);
+    /// tombstones are left out.
     ///
     /// An empty prefix lists the whole namespace; keys of other namespaces never appear. The
     /// result is one consistent snapshot.
@@ -243,6 +364,19 @@ impl Store {
         ns: Namespace,
         prefix: &str,
     ) -> Result<Vec<(Key, Entry<serde_json::Value>)>, Error> {
+        let records = self.records(ns, prefix).await?;
+        let mut out = Vec::with_capacity(records.len());
+        for (key, record) in records {
+            if let Some(entry) = record.into_entry(&key)? {
+                out.push((key, entry));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every record of `ns` whose path starts with `prefix`, tombstones included, ordered by
+    /// path; one consistent snapshot.
+    pub async fn records(&self, ns: Namespace, prefix: &str) -> Result<Vec<(Key, Record)>, Error> {
         if prefix.len() > MAX_PATH_LEN || prefix.contains('\0') {
             return Err(Error::InvalidKey {
                 ns,
@@ -257,12 +391,17 @@ impl Store {
             .map_err(|source| Error::Task { source })?
     }
 
-    /// Number of keys in the store, as of the last commit.
+    /// Number of records in the store (tombstones included), as of the last commit.
     pub fn len(&self) -> u64 {
         self.inner.len.load(Ordering::Relaxed)
     }
 
-    /// Whether the store holds no key.
+    /// Number of tombstones in the store, as of the last commit.
+    pub fn tombstones(&self) -> u64 {
+        self.inner.tombstones.load(Ordering::Relaxed)
+    }
+
+    /// Whether the store holds no record.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -353,23 +492,30 @@ impl fmt::Debug for Store {
 }
 
 /// Opens or creates the file, makes sure the table exists (so reads never meet a missing
-/// table), and counts the keys.
-fn open_db(path: &Path) -> Result<(Database, u64), redb::Error> {
+/// table), and counts the records and the tombstones among them.
+fn open_db(path: &Path) -> Result<(Database, u64, u64), redb::Error> {
     let db = Database::builder()
         .set_cache_size(CACHE_BYTES)
         .create(path)?;
     let txn = db.begin_write()?;
     let len = txn.open_table(TABLE)?.len()?;
     txn.commit()?;
-    Ok((db, len))
+    let txn = db.begin_read()?;
+    let table = txn.open_table(TABLE)?;
+    let mut tombstones = 0;
+    for item in table.iter()? {
+        let (_, value) = item?;
+        if record::is_tombstone(value.value()) {
+            tombstones += 1;
+        }
+    }
+    drop(table);
+    drop(txn);
+    Ok((db, len, tombstones))
 }
 
-/// The entries of `ns` whose encoded key starts with `start` (`ns/prefix`), decoded.
-fn scan(
-    db: &Database,
-    ns: Namespace,
-    start: &str,
-) -> Result<Vec<(Key, Entry<serde_json::Value>)>, Error> {
+/// The records of `ns` whose encoded key starts with `start` (`ns/prefix`), decoded.
+fn scan(db: &Database, ns: Namespace, start: &str) -> Result<Vec<(Key, Record)>, Error> {
     let read_err = |source: redb::Error| Error::Read { source };
     let txn = db.begin_read().map_err(|e| read_err(e.into()))?;
     let table = txn.open_table(TABLE).map_err(|e| read_err(e.into()))?;
@@ -381,8 +527,8 @@ fn scan(
             break;
         }
         let key = Key::decode_in(ns, raw_key);
-        let entry = record::decode(&key, raw_value.value())?;
-        out.push((key, entry));
+        let record = record::decode(&key, raw_value.value())?;
+        out.push((key, record));
     }
     Ok(out)
 }

@@ -1,62 +1,226 @@
-//! The on-disk form of one value: a JSON record `{"version":..,"updated_ms":..,"value":..}`.
-//! The writer encodes records and reads back the previous version; the read path decodes them
-//! into [`Entry`]. Only this file knows the record's field names; it does no I/O. Fields added
-//! later must be `#[serde(default)]` so that files written today still decode.
+//! The form of one stored value, on disk and on the replication topics: a JSON record
+//! `{"version","term","origin","updated_ms","value"}`, or a tombstone
+//! `{"version","term","origin","updated_ms","deleted":true}`, and the one order in which
+//! records of a key supersede each other. Only this file knows the record's field names; it
+//! does no I/O. Fields added later must be `#[serde(default)]` so that files written before
+//! still decode (records from before replication have no `term`, `origin` or `deleted`).
+
+use std::cmp::Ordering;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{Entry, Error, Key};
 
-/// The stored record, borrowing its value when encoding.
+/// One version of one key, as stored and as replicated: a value or a tombstone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// Per key: 1 for the first write, +1 for every write after it, deletes included.
+    pub version: u64,
+    /// The lease term the write was made in, for keys the leader owns; 0 for other keys.
+    pub term: u64,
+    /// The node that made the write; empty for records written before replication existed.
+    pub origin: String,
+    /// When the origin committed the write, in milliseconds since the Unix epoch (its clock).
+    pub updated_ms: u64,
+    /// The value, or `None` for a tombstone (a delete that is still being propagated).
+    pub value: Option<serde_json::Value>,
+}
+
+/// The shape written: a live record has `value`, a tombstone `"deleted": true` instead.
 #[derive(Serialize)]
-struct RecordRef<'a> {
+struct ShapeRef<'a> {
     version: u64,
+    term: u64,
+    origin: &'a str,
     updated_ms: u64,
-    value: &'a serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<&'a serde_json::Value>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    deleted: bool,
 }
 
-/// The stored record, decoding the value into the caller's type.
+/// The shape read. A JSON `null` value is a live value of `null`, so `value` is kept apart
+/// from "no value" by [`present`].
 #[derive(Deserialize)]
-struct RecordOwned<T> {
+struct Shape {
     version: u64,
+    #[serde(default)]
+    term: u64,
+    #[serde(default)]
+    origin: String,
     updated_ms: u64,
-    value: T,
+    #[serde(default, deserialize_with = "present")]
+    value: Option<serde_json::Value>,
+    #[serde(default)]
+    deleted: bool,
 }
 
-/// Just the version of a stored record; the writer needs nothing else of the previous one.
-#[derive(Deserialize)]
-struct RecordVersion {
-    version: u64,
+/// A field that is there is `Some`, even when it is `null`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
 }
 
-/// The bytes stored for `value` at `version`, written at `updated_ms`.
-pub(crate) fn encode(
-    version: u64,
-    updated_ms: u64,
-    value: &serde_json::Value,
-) -> Result<Vec<u8>, serde_json::Error> {
-    serde_json::to_vec(&RecordRef {
-        version,
-        updated_ms,
-        value,
-    })
+impl Record {
+    /// Whether this is a tombstone.
+    pub fn is_tombstone(&self) -> bool {
+        self.value.is_none()
+    }
+
+    /// The record as JSON bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(&ShapeRef {
+            version: self.version,
+            term: self.term,
+            origin: &self.origin,
+            updated_ms: self.updated_ms,
+            value: self.value.as_ref(),
+            deleted: self.is_tombstone(),
+        })
+    }
+
+    /// A record from JSON bytes. A record must not be both deleted and carry a value, and a
+    /// live record must carry one.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Record, RecordError> {
+        let shape: Shape = serde_json::from_slice(bytes).map_err(RecordError::Json)?;
+        match (shape.deleted, shape.value.is_some()) {
+            (true, true) => Err(RecordError::Shape("a deleted record carries a value")),
+            (false, false) => Err(RecordError::Shape("a record carries no value")),
+            (true, false) | (false, true) => Ok(Record {
+                version: shape.version,
+                term: shape.term,
+                origin: shape.origin,
+                updated_ms: shape.updated_ms,
+                value: shape.value,
+            }),
+        }
+    }
+
+    /// The order of two records of one key: the higher term wins, then the higher version;
+    /// two records with the same term and version (which one writer never makes) are
+    /// ordered by origin and then by their bytes, so that every node picks the same one.
+    pub fn order(&self, other: &Record) -> Ordering {
+        (self.term, self.version)
+            .cmp(&(other.term, other.version))
+            .then_with(|| self.origin.cmp(&other.origin))
+            .then_with(|| self.value_text().cmp(&other.value_text()))
+    }
+
+    /// The value's canonical text for the last tie-break; a tombstone sorts first.
+    fn value_text(&self) -> Option<String> {
+        self.value.as_ref().map(ToString::to_string)
+    }
+
+    /// The record as an [`Entry`] with the value decoded as `T`, or `None` for a tombstone.
+    pub(crate) fn into_entry<T: DeserializeOwned>(self, key: &Key) -> Result<Option<Entry<T>>, Error> {
+        let Some(value) = self.value else {
+            return Ok(None);
+        };
+        let value = serde_json::from_value(value).map_err(|source| Error::Decode {
+            key: key.clone(),
+            source,
+        })?;
+        Ok(Some(Entry {
+            version: self.version,
+            term: self.term,
+            origin: self.origin,
+            updated_ms: self.updated_ms,
+            value,
+        }))
+    }
 }
 
-/// The entry stored in `bytes` under `key`.
-pub(crate) fn decode<T: DeserializeOwned>(key: &Key, bytes: &[u8]) -> Result<Entry<T>, Error> {
-    let record: RecordOwned<T> = serde_json::from_slice(bytes).map_err(|source| Error::Decode {
+/// Why bytes are not a record.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// Not JSON of the record's shape.
+    #[error("not a state record: {0}")]
+    Json(#[source] serde_json::Error),
+    /// JSON of the right fields that contradict each other.
+    #[error("not a state record: {0}")]
+    Shape(&'static str),
+}
+
+/// Whether the stored `bytes` are a tombstone, without decoding the value.
+pub(crate) fn is_tombstone(bytes: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Flag {
+        #[serde(default)]
+        deleted: bool,
+    }
+    serde_json::from_slice::<Flag>(bytes).is_ok_and(|f| f.deleted)
+}
+
+/// The record stored in `bytes` under `key`.
+pub(crate) fn decode(key: &Key, bytes: &[u8]) -> Result<Record, Error> {
+    Record::from_bytes(bytes).map_err(|source| Error::Corrupt {
         key: key.clone(),
         source,
-    })?;
-    Ok(Entry {
-        version: record.version,
-        updated_ms: record.updated_ms,
-        value: record.value,
     })
 }
 
-/// The version of the record in `bytes`.
-pub(crate) fn version(bytes: &[u8]) -> Result<u64, serde_json::Error> {
-    serde_json::from_slice::<RecordVersion>(bytes).map(|r| r.version)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(term: u64, version: u64, origin: &str, value: Option<serde_json::Value>) -> Record {
+        Record {
+            version,
+            term,
+            origin: origin.into(),
+            updated_ms: 7,
+            value,
+        }
+    }
+
+    #[test]
+    fn live_and_tombstone_round_trip() {
+        let live = rec(2, 3, "node-a", Some(serde_json::json!({"on": true})));
+        let bytes = live.to_bytes().unwrap();
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            r#"{"version":3,"term":2,"origin":"node-a","updated_ms":7,"value":{"on":true}}"#
+        );
+        assert_eq!(Record::from_bytes(&bytes).unwrap(), live);
+        let dead = rec(0, 4, "node-a", None);
+        let bytes = dead.to_bytes().unwrap();
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            r#"{"version":4,"term":0,"origin":"node-a","updated_ms":7,"deleted":true}"#
+        );
+        assert_eq!(Record::from_bytes(&bytes).unwrap(), dead);
+        let null = rec(0, 1, "node-a", Some(serde_json::Value::Null));
+        assert_eq!(Record::from_bytes(&null.to_bytes().unwrap()).unwrap(), null);
+    }
+
+    #[test]
+    fn records_from_before_replication_still_decode() {
+        let old = br#"{"version":3,"updated_ms":9,"value":[1,2]}"#;
+        let r = Record::from_bytes(old).unwrap();
+        assert_eq!((r.version, r.term, r.origin.as_str()), (3, 0, ""));
+        assert_eq!(r.value, Some(serde_json::json!([1, 2])));
+    }
+
+    #[test]
+    fn contradictions_and_garbage_are_refused() {
+        for bad in [
+            &br#"{"version":1,"updated_ms":1,"deleted":true,"value":1}"#[..],
+            br#"{"version":1,"updated_ms":1}"#,
+            br#"{"version":"x","updated_ms":1,"value":1}"#,
+            b"not json",
+        ] {
+            assert!(Record::from_bytes(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn term_then_version_then_origin_then_value() {
+        let v = |n: i64| Some(serde_json::json!(n));
+        assert_eq!(rec(2, 1, "a", v(1)).order(&rec(1, 9, "a", v(1))), Ordering::Greater);
+        assert_eq!(rec(1, 2, "a", v(1)).order(&rec(1, 1, "z", v(9))), Ordering::Greater);
+        assert_eq!(rec(1, 1, "b", v(1)).order(&rec(1, 1, "a", v(9))), Ordering::Greater);
+        assert_eq!(rec(1, 1, "a", v(2)).order(&rec(1, 1, "a", v(1))), Ordering::Greater);
+        assert_eq!(rec(1, 1, "a", v(1)).order(&rec(1, 1, "a", None)), Ordering::Greater);
+        assert_eq!(rec(1, 1, "a", v(1)).order(&rec(1, 1, "a", v(1))), Ordering::Equal);
+    }
 }

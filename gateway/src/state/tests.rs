@@ -171,7 +171,8 @@ async fn values_and_len_survive_close_and_reopen() {
         .delete(&key(Namespace::Devices, "d/049"))
         .await
         .expect("delete");
-    assert_eq!(store.len(), 49);
+    // The deleted key stays as a tombstone: a record, not a value.
+    assert_eq!((store.len(), store.tombstones()), (50, 1));
     let clone = store.clone();
     store.close().await.expect("close");
 
@@ -188,7 +189,7 @@ async fn values_and_len_survive_close_and_reopen() {
 
     // Reopen on the same registry: the metrics are taken over, not refused.
     let store = Store::open(dir.path(), &registry).expect("reopen");
-    assert_eq!(store.len(), 49);
+    assert_eq!((store.len(), store.tombstones()), (50, 1));
     let seven: Entry<serde_json::Value> = store
         .get(&key(Namespace::Devices, "d/007"))
         .await
@@ -210,7 +211,7 @@ async fn values_and_len_survive_close_and_reopen() {
         .into_iter()
         .find(|mf| mf.name() == "roost_state_keys")
         .expect("roost_state_keys registered");
-    assert_eq!(keys.get_metric()[0].get_gauge().get_value(), 49.0);
+    assert_eq!(keys.get_metric()[0].get_gauge().get_value(), 50.0);
     store.close().await.expect("close");
 }
 
@@ -233,20 +234,18 @@ async fn subscribers_see_changes_in_commit_order() {
         (a.clone(), 1, Some(json!(1))),
         (b.clone(), 1, Some(json!("two"))),
         (a.clone(), 2, Some(json!(3))),
-        (a.clone(), 2, None),
+        // A delete in a replicated namespace is the next version, a tombstone.
+        (a.clone(), 3, None),
         (b.clone(), 2, Some(json!(5))),
     ];
     for (key, version, value) in expected {
         // Changes are sent before the write is acknowledged, so they are already queued.
-        let change = changes.try_recv().expect("change queued");
+        let change: Change = changes.try_recv().expect("change queued");
         assert_eq!(
-            change,
-            Change {
-                key,
-                version,
-                value
-            }
+            (change.key, change.record.version, change.record.value),
+            (key, version, value)
         );
+        assert!(!change.remote);
     }
     assert!(changes.try_recv().is_err(), "nothing more");
 
