@@ -513,8 +513,15 @@ impl Replicator {
                         }
                     }
                     Outcome::Stale { stored } => {
+                        let topic = self.topics.topic(key);
+                        // A message the retained set has moved past is old news (this node
+                        // read a newer one in an anti-entropy pass); a stale record that is
+                        // what the topic holds now was published over a newer one.
+                        if !self.retained_is(&topic, record) {
+                            continue;
+                        }
                         let reason = Rejection::of_stale(record, &stored);
-                        self.reject(reason, &self.topics.topic(key), &format_args!(
+                        self.reject(reason, &topic, &format_args!(
                             "term {} version {} against stored term {} version {}",
                             record.term, record.version, stored.term, stored.version
                         ));
@@ -528,6 +535,17 @@ impl Replicator {
             self.follow_clear(&key).await?;
         }
         Ok(rejected)
+    }
+
+    /// Whether `topic`'s retained message is `record`.
+    fn retained_is(&self, topic: &str, record: &Record) -> bool {
+        self.client
+            .retained(topic)
+            .unwrap_or_default()
+            .iter()
+            .filter(|m| m.topic == topic)
+            .filter_map(|m| Record::from_bytes(&m.payload).ok())
+            .any(|r| r.order(record).is_eq())
     }
 
     /// A state topic's retained message was removed: the key's owner puts it back, any other
