@@ -214,13 +214,11 @@ impl BrokerClient {
         let key = intake.next_key();
         let (tx, rx) = mpsc::channel(buffer.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
-        self.inner.subscribers.add_local(
-            key,
-            filter.to_owned(),
-            tx,
-            dropped.clone(),
-            || intake.routed(),
-        );
+        self.inner
+            .subscribers
+            .add_local(key, filter.to_owned(), tx, dropped.clone(), || {
+                intake.routed()
+            });
         // Taken once the dispatcher offers this subscription live messages: a retained message
         // published meanwhile is in this snapshot or arrives live.
         let retained: VecDeque<Message> = intake

@@ -2,12 +2,13 @@
 //! client for the state API (`PUT`/`DELETE /api/state/{ns}/{path}`), full dumps of the
 //! replicated namespaces, and the live change stream (`GET /api/state/events`).
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// How long one request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
@@ -94,6 +95,31 @@ impl Http {
     pub fn get(&mut self, path: &str) -> std::io::Result<(u16, Value)> {
         self.request("GET", path, None)
     }
+}
+
+/// What a writer did last to each key: `Some(n)` for a put of `{"n": n}`, `None` for a
+/// delete.
+pub type Expected = BTreeMap<String, Option<u64>>;
+
+/// Writes ops `range` of node `node`'s stream through its HTTP API: op `j` puts `{"n": j}` on
+/// `devices/<node>/k<j % 300>`, except every seventh, which deletes that key. Every write must
+/// be acknowledged.
+pub fn write_stream(http: SocketAddr, node: &str, range: std::ops::Range<u64>) -> Expected {
+    let mut client = Http::connect(http).expect("the node's HTTP server accepts");
+    let mut expected = Expected::new();
+    for j in range {
+        let key = format!("devices/{node}/k{:03}", j % 300);
+        let (code, body) = if j % 7 == 6 {
+            expected.insert(key.clone(), None);
+            client.delete(&key)
+        } else {
+            expected.insert(key.clone(), Some(j));
+            client.put(&key, &json!({ "n": j }))
+        }
+        .unwrap_or_else(|e| panic!("{node}: write {j} failed: {e}"));
+        assert_eq!(code, 200, "{node}: write {j} refused: {body}");
+    }
+    expected
 }
 
 /// Every record of the replicated namespaces (`cluster`, `devices`) on the node at `addr`,
@@ -201,10 +227,9 @@ impl ChangeStream {
         let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let seen = self
-                .changes
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no change of {key} to version {version} within {limit:?}"));
+            let seen = self.changes.recv_timeout(left).unwrap_or_else(|_| {
+                panic!("no change of {key} to version {version} within {limit:?}")
+            });
             if seen.change["key"] == key && seen.change["version"].as_u64() == Some(version) {
                 return seen;
             }

@@ -852,3 +852,195 @@ fn qos1_messages_in_flight_when_a_link_drops_are_resent_and_delivered_once() {
         "partition: {before_heal} of {TOTAL} crossed before the cut; the rest after the heal"
     );
 }
+
+impl NsNode {
+    /// `method path` with an optional JSON body on the node's HTTP API, from inside its
+    /// namespace: the status code and the JSON answer.
+    fn http(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let url = format!("http://{}:{HTTP_PORT}{path}", self.ip);
+        let mut curl = self.exec("curl");
+        curl.args(["-s", "-m", "10", "-X", method, "-w", "\n%{http_code}", &url]);
+        if let Some(body) = body {
+            curl.args([
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                &body.to_string(),
+            ]);
+        }
+        let out = curl.output().expect("curl is installed");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (json, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (
+            code.trim().parse().unwrap_or(0),
+            serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// The node's replicated records, tombstones included, and whether it says it is in sync.
+    fn state_dump(&self) -> (bool, Vec<serde_json::Value>) {
+        let mut all = Vec::new();
+        for ns in ["cluster", "devices"] {
+            let (code, page) = self.http(
+                "GET",
+                &format!("/api/state?ns={ns}&tombstones=true&limit=10000"),
+                None,
+            );
+            assert_eq!(code, 200, "{}: GET /api/state: {page}", self.id);
+            assert_eq!(page["truncated"], false, "one page holds this test's keys");
+            all.extend(page["entries"].as_array().cloned().unwrap_or_default());
+        }
+        let (_, health) = self.http("GET", "/health", None);
+        (health["state"]["in_sync"] == true, all)
+    }
+
+    /// Runs `state_load` inside the node's namespace: ops `first..end` of its write stream;
+    /// returns what it wrote last to each key.
+    fn write_stream(&self, first: u64, end: u64) -> std::thread::JoinHandle<serde_json::Value> {
+        let mut command = self.exec(env!("CARGO_BIN_EXE_state_load"));
+        command.args([
+            &format!("{}:{HTTP_PORT}", self.ip),
+            self.id,
+            &first.to_string(),
+            &end.to_string(),
+        ]);
+        let id = self.id;
+        std::thread::spawn(move || {
+            let out = command.output().expect("state_load runs");
+            assert!(
+                out.status.success(),
+                "state_load on {id} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_slice(&out.stdout).expect("state_load prints JSON")
+        })
+    }
+}
+
+#[test]
+fn state_written_on_both_sides_of_a_partition_converges_after_the_heal() {
+    let dir = tempfile::tempdir().expect("a writable temp dir");
+    let Some(net) = network('s', IDS.len()) else {
+        return;
+    };
+    let nodes: Vec<NsNode> = (0..IDS.len())
+        .map(|i| NsNode::start(&net, i, dir.path(), ""))
+        .collect();
+    let all: Vec<usize> = (0..nodes.len()).collect();
+    let views = wait_for(
+        &nodes,
+        "all three agree on a leader",
+        FIRST_AGREEMENT_TIMEOUT,
+        |v| agreed(v, &all).is_some(),
+    );
+    let (first_leader, first_term) = agreed(&views, &all).expect("checked by the wait");
+    let cut = member_index(&first_leader);
+    let majority: Vec<usize> = all.iter().copied().filter(|&i| i != cut).collect();
+    let rule = serde_json::json!({ "by": first_leader });
+    let (code, body) = nodes[cut].http("PUT", "/api/state/cluster/runtime/rule", Some(&rule));
+    assert_eq!(code, 200, "{body}");
+
+    // Writers on every node before, during and after the partition.
+    let before: Vec<_> = nodes.iter().map(|n| n.write_stream(0, 400)).collect();
+    let mut expected = serde_json::Map::new();
+    for w in before {
+        expected.extend(
+            w.join()
+                .expect("writer")
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        );
+    }
+    eprintln!("partition: cutting off the leader {first_leader} with writers on every node");
+    net.set_link(cut, false);
+    let views = wait_for(
+        &nodes,
+        "the majority elects a leader of its own",
+        EVENT_TIMEOUT,
+        |v| agreed(v, &majority).is_some_and(|(_, term)| term > first_term),
+    );
+    let (new_leader, new_term) = agreed(&views, &majority).expect("checked by the wait");
+    let during: Vec<_> = nodes.iter().map(|n| n.write_stream(400, 1400)).collect();
+    // The leader's key moves on in the majority's term; the cut-off node may not write it.
+    let rule = serde_json::json!({ "by": new_leader });
+    let (code, body) = nodes[member_index(&new_leader)].http(
+        "PUT",
+        "/api/state/cluster/runtime/rule",
+        Some(&rule),
+    );
+    assert_eq!(code, 200, "{body}");
+    for w in during {
+        expected.extend(
+            w.join()
+                .expect("writer")
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        );
+    }
+    let (code, _) = nodes[cut].http(
+        "PUT",
+        "/api/state/cluster/runtime/rule",
+        Some(&serde_json::json!(0)),
+    );
+    assert_eq!(
+        code, 409,
+        "a node without the lease may not write the leader's keys"
+    );
+
+    eprintln!("partition: healing");
+    net.set_link(cut, true);
+    let after: Vec<_> = nodes.iter().map(|n| n.write_stream(1400, 1600)).collect();
+    for w in after {
+        expected.extend(
+            w.join()
+                .expect("writer")
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        );
+    }
+
+    // Every store the same, and what the writers wrote.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let converged = loop {
+        let dumps: Vec<(bool, Vec<serde_json::Value>)> =
+            nodes.iter().map(NsNode::state_dump).collect();
+        if dumps.iter().all(|(synced, d)| *synced && *d == dumps[0].1) {
+            break dumps[0].1.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stores did not converge after the heal: in sync {:?}, records {:?}",
+            dumps.iter().map(|d| d.0).collect::<Vec<_>>(),
+            dumps.iter().map(|d| d.1.len()).collect::<Vec<_>>()
+        );
+        std::thread::sleep(POLL);
+    };
+    let devices: Vec<&serde_json::Value> = converged
+        .iter()
+        .filter(|e| e["namespace"] == "devices")
+        .collect();
+    assert_eq!(devices.len(), expected.len());
+    for entry in devices {
+        let key = entry["key"].as_str().unwrap_or_default();
+        match &expected[key] {
+            serde_json::Value::Null => assert_eq!(entry["deleted"], true, "{key}"),
+            n => assert_eq!(entry["value"], serde_json::json!({ "n": n }), "{key}"),
+        }
+    }
+    let rule = converged
+        .iter()
+        .find(|e| e["key"] == "cluster/runtime/rule")
+        .expect("the leader's key is replicated");
+    assert_eq!(
+        (&rule["value"]["by"], &rule["term"]),
+        (&serde_json::json!(new_leader), &serde_json::json!(new_term))
+    );
+}

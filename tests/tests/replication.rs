@@ -5,13 +5,12 @@
 //! (`/api/state` dumps of the replicated namespaces, tombstones included).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use roost_tests::cluster::Cluster;
-use roost_tests::state::{dump, sync_state, ChangeStream, Http};
+use roost_tests::state::{dump, sync_state, write_stream, ChangeStream, Expected, Http};
 use roost_tests::{mosquitto_pub, MosquittoSub, EVENT_TIMEOUT};
 use serde_json::{json, Value};
 
@@ -56,31 +55,6 @@ fn rejected_total(cluster: &Cluster, i: usize) -> f64 {
         .filter(|l| l.starts_with("roost_state_rejected_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-/// What a writer did last to each key: `Some(n)` for a put of `{"n": n}`, `None` for a
-/// delete.
-type Expected = BTreeMap<String, Option<u64>>;
-
-/// Writes ops `range` of node `node`'s stream through its HTTP API: op `j` puts `{"n": j}` on
-/// `devices/<node>/k<j % 300>`, except every seventh, which deletes that key. Every write must
-/// be acknowledged.
-fn write_stream(http: SocketAddr, node: &str, range: std::ops::Range<u64>) -> Expected {
-    let mut client = Http::connect(http).expect("the node's HTTP server accepts");
-    let mut expected = Expected::new();
-    for j in range {
-        let key = format!("devices/{node}/k{:03}", j % 300);
-        let (code, body) = if j % 7 == 6 {
-            expected.insert(key.clone(), None);
-            client.delete(&key)
-        } else {
-            expected.insert(key.clone(), Some(j));
-            client.put(&key, &json!({ "n": j }))
-        }
-        .unwrap_or_else(|e| panic!("{node}: write {j} failed: {e}"));
-        assert_eq!(code, 200, "{node}: write {j} refused: {body}");
-    }
-    expected
 }
 
 /// Checks a dump against what the writers did: every key they wrote is there with its last
@@ -231,11 +205,18 @@ fn forged_and_malformed_state_messages_are_rejected_counted_and_repaired() {
     let follower = (0..3).find(|&i| i != leader).unwrap_or(0);
     let mut a = Http::connect(cluster.node(0).http).expect("connect");
     for on in [true, false, true] {
-        assert_eq!(a.put("devices/node-a/relay", &json!({ "on": on })).expect("PUT").0, 200);
+        assert_eq!(
+            a.put("devices/node-a/relay", &json!({ "on": on }))
+                .expect("PUT")
+                .0,
+            200
+        );
     }
     let mut lead = Http::connect(cluster.node(leader).http).expect("connect");
     for runs in 0..2 {
-        let (code, _) = lead.put("cluster/runtime/porch", &json!({ "runs": runs })).expect("PUT");
+        let (code, _) = lead
+            .put("cluster/runtime/porch", &json!({ "runs": runs }))
+            .expect("PUT");
         assert_eq!(code, 200);
     }
     let good = wait_converged(&cluster, &[0, 1, 2], CONVERGE);
@@ -244,27 +225,56 @@ fn forged_and_malformed_state_messages_are_rejected_counted_and_repaired() {
     let relay = format!("{root}/devices/node-a/relay");
     let porch = format!("{root}/cluster/runtime/porch");
     let forged = |origin: &str, term: u64, version: u64, value: Value| {
-        json!({"version": version, "term": term, "origin": origin, "updated_ms": 1, "value": value}).to_string()
+        json!({"version": version, "term": term, "origin": origin, "updated_ms": 1, "value": value})
+            .to_string()
     };
     let reasons = [
         // An older version of node-a's relay.
-        (relay.clone(), forged("node-a", 0, 1, json!({ "on": false })), "stale_version"),
+        (
+            relay.clone(),
+            forged("node-a", 0, 1, json!({ "on": false })),
+            "stale_version",
+        ),
         // Not a record.
-        (format!("{root}/devices/node-a/junk"), "{not json".to_owned(), "bad_json"),
+        (
+            format!("{root}/devices/node-a/junk"),
+            "{not json".to_owned(),
+            "bad_json",
+        ),
         // A namespace nobody replicates.
-        (format!("{root}/garden/hose"), forged("node-a", 0, 1, json!(1)), "unknown_namespace"),
+        (
+            format!("{root}/garden/hose"),
+            forged("node-a", 0, 1, json!(1)),
+            "unknown_namespace",
+        ),
         // node-b writing node-a's device.
-        (format!("{root}/devices/node-a/intruder"), forged("node-b", 0, 9, json!({ "on": false })), "not_owner"),
+        (
+            format!("{root}/devices/node-a/intruder"),
+            forged("node-b", 0, 9, json!({ "on": false })),
+            "not_owner",
+        ),
         // The leader's key, from a term before the one it was written in.
-        (porch.clone(), forged(cluster.id(follower), term - 1, 50, json!({ "runs": 99 })), "stale_term"),
+        (
+            porch.clone(),
+            forged(cluster.id(follower), term - 1, 50, json!({ "runs": 99 })),
+            "stale_term",
+        ),
         // A leader's key without a term.
-        (format!("{root}/cluster/runtime/gate"), forged(cluster.id(follower), 0, 1, json!(1)), "bad_term"),
+        (
+            format!("{root}/cluster/runtime/gate"),
+            forged(cluster.id(follower), 0, 1, json!(1)),
+            "bad_term",
+        ),
     ];
     let before: Vec<Vec<f64>> = (0..3)
         .map(|i| {
             reasons
                 .iter()
-                .map(|(_, _, r)| cluster.node(i).metric(&format!("roost_state_rejected_total{{reason=\"{r}\"}}")))
+                .map(|(_, _, r)| {
+                    cluster
+                        .node(i)
+                        .metric(&format!("roost_state_rejected_total{{reason=\"{r}\"}}"))
+                })
                 .collect()
         })
         .collect();
@@ -328,7 +338,12 @@ fn deletes_spread_as_tombstones_and_are_then_cleared_everywhere() {
         .start();
     let watch_c = ChangeStream::open(cluster.node(2).http, "ns=devices");
     let mut a = Http::connect(cluster.node(0).http).expect("connect");
-    assert_eq!(a.put("devices/node-a/lamp", &json!({ "on": true })).expect("PUT").0, 200);
+    assert_eq!(
+        a.put("devices/node-a/lamp", &json!({ "on": true }))
+            .expect("PUT")
+            .0,
+        200
+    );
     watch_c.wait_for("devices/node-a/lamp", 1, EVENT_TIMEOUT);
     let (code, body) = a.delete("devices/node-a/lamp").expect("DELETE");
     assert_eq!((code, body["deleted"].clone()), (200, json!(true)));
@@ -341,7 +356,10 @@ fn deletes_spread_as_tombstones_and_are_then_cleared_everywhere() {
     // After the TTL: no record on any node, and no retained message on the topic.
     let deadline = Instant::now() + EVENT_TIMEOUT;
     while (0..3).any(|i| !dump(cluster.node(i).http).is_empty()) {
-        assert!(Instant::now() < deadline, "tombstone not cleared everywhere");
+        assert!(
+            Instant::now() < deadline,
+            "tombstone not cleared everywhere"
+        );
         thread::sleep(Duration::from_millis(100));
     }
     for i in 0..3 {
@@ -368,18 +386,27 @@ fn only_owners_write_device_keys_and_only_the_leader_writes_cluster_keys() {
     let (leader, term) = cluster.wait_agreed_leader(&[0, 1, 2], EVENT_TIMEOUT);
     let follower = (0..3).find(|&i| i != leader).unwrap_or(0);
     let mut on_a = Http::connect(cluster.node(0).http).expect("connect");
-    let (code, body) = on_a.put("devices/node-b/relay", &json!({ "on": true })).expect("PUT");
+    let (code, body) = on_a
+        .put("devices/node-b/relay", &json!({ "on": true }))
+        .expect("PUT");
     assert_eq!(code, 403, "{body}");
-    assert!(body["error"].as_str().unwrap_or_default().contains("node-b"));
+    assert!(body["error"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("node-b"));
     let (code, _) = on_a.put("devices/relay", &json!(1)).expect("PUT");
     assert_eq!(code, 403, "a device key names its node");
     let (code, _) = on_a.put("garden/x", &json!(1)).expect("PUT");
     assert_eq!(code, 400);
-    let (code, _) = on_a.request("PUT", "/api/state/devices/node-a/x", None).expect("PUT");
+    let (code, _) = on_a
+        .request("PUT", "/api/state/devices/node-a/x", None)
+        .expect("PUT");
     assert_eq!(code, 400, "an empty body is not JSON");
 
     let mut on_follower = Http::connect(cluster.node(follower).http).expect("connect");
-    let (code, body) = on_follower.put("cluster/runtime/x", &json!(1)).expect("PUT");
+    let (code, body) = on_follower
+        .put("cluster/runtime/x", &json!(1))
+        .expect("PUT");
     assert_eq!(code, 409, "{body}");
     let mut on_leader = Http::connect(cluster.node(leader).http).expect("connect");
     let (code, body) = on_leader.put("cluster/runtime/x", &json!(1)).expect("PUT");
@@ -389,6 +416,14 @@ fn only_owners_write_device_keys_and_only_the_leader_writes_cluster_keys() {
         .iter()
         .find(|e| e["key"] == "cluster/runtime/x")
         .expect("replicated");
-    assert_eq!((x["term"].clone(), x["origin"].clone()), (json!(term), json!(cluster.id(leader))));
-    assert!(cluster.node(0).metric("roost_http_bad_requests_total{endpoint=\"PUT /api/state\"}") >= 3.0);
+    assert_eq!(
+        (x["term"].clone(), x["origin"].clone()),
+        (json!(term), json!(cluster.id(leader)))
+    );
+    assert!(
+        cluster
+            .node(0)
+            .metric("roost_http_bad_requests_total{endpoint=\"PUT /api/state\"}")
+            >= 3.0
+    );
 }

@@ -29,7 +29,10 @@ pub(super) fn router() -> Router<AppState> {
     Router::new()
         .route("/api/state", get(list))
         .route("/api/state/events", get(events))
-        .route("/api/state/{ns}/{*path}", axum::routing::put(put).delete(delete))
+        .route(
+            "/api/state/{ns}/{*path}",
+            axum::routing::put(put).delete(delete),
+        )
 }
 
 /// An error answer: its status and `{"error": "..."}`.
@@ -146,7 +149,11 @@ async fn list(
     let tombstones = match query.tombstones.as_deref() {
         None | Some("false") => false,
         Some("true") => true,
-        Some(other) => return Err(bad(format!("tombstones must be true or false, not {other:?}"))),
+        Some(other) => {
+            return Err(bad(format!(
+                "tombstones must be true or false, not {other:?}"
+            )))
+        }
     };
     let after = query.after.unwrap_or_default();
     let mut entries = Vec::new();
@@ -181,7 +188,9 @@ async fn list(
         keys: sync.keys,
         tombstones: sync.tombstones,
         in_sync: sync.in_sync,
-        next: truncated.then(|| entries.last().map(|e| e.key.clone())).flatten(),
+        next: truncated
+            .then(|| entries.last().map(|e| e.key.clone()))
+            .flatten(),
         entries,
         truncated,
     }))
@@ -284,10 +293,9 @@ async fn events(
     const ENDPOINT: &str = "/api/state/events";
     let ns = match query.ns.as_deref() {
         None => None,
-        Some(name) => Some(
-            parse_ns(name)
-                .map_err(|e| refuse(&state, ENDPOINT, StatusCode::BAD_REQUEST, e))?,
-        ),
+        Some(name) => {
+            Some(parse_ns(name).map_err(|e| refuse(&state, ENDPOINT, StatusCode::BAD_REQUEST, e))?)
+        }
     };
     let prefix = query.prefix.unwrap_or_default();
     let changes = state.store.subscribe();

@@ -2,9 +2,7 @@
 //! `roost_state_rejected_total`, ...), registered once at start. Labels carry directions and
 //! rejection reasons, never keys or values.
 
-use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use super::rules::Rejection;
 

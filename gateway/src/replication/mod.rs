@@ -143,10 +143,7 @@ impl Shared {
             .links
             .as_ref()
             .map_or(0, |l| *l.synced_links().borrow());
-        let progress = self
-            .progress
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let progress = self.progress.lock().unwrap_or_else(|e| e.into_inner());
         let in_sync = progress.last.is_some()
             && !progress.behind
             && (!self.has_peers
@@ -282,7 +279,10 @@ impl Replicated {
                 }),
                 Some(Owner::Leader) => {
                     let (leader, term) = self.inner.view.leader_and_term();
-                    if leader.as_ref().is_some_and(|l| l.as_str() == &*self.inner.node) {
+                    if leader
+                        .as_ref()
+                        .is_some_and(|l| l.as_str() == &*self.inner.node)
+                    {
                         Ok(term)
                     } else {
                         Err(WriteError::NotLeader {
@@ -450,7 +450,9 @@ impl Replicator {
     }
 
     fn horizon_ms(&self) -> u64 {
-        unix_ms().saturating_sub(u64::try_from(self.tuning.tombstone_ttl.as_millis()).unwrap_or(u64::MAX))
+        unix_ms().saturating_sub(
+            u64::try_from(self.tuning.tombstone_ttl.as_millis()).unwrap_or(u64::MAX),
+        )
     }
 
     /// Counts and logs one refused message.
@@ -488,7 +490,11 @@ impl Replicator {
                 }
             };
             if let Err(reason) = rules::check(&key, &record, &self.members) {
-                self.reject(reason, &message.topic, &format_args!("origin {} term {}", record.origin, record.term));
+                self.reject(
+                    reason,
+                    &message.topic,
+                    &format_args!("origin {} term {}", record.origin, record.term),
+                );
                 rejected = true;
                 continue;
             }
@@ -509,7 +515,11 @@ impl Replicator {
                             .lag
                             .observe(now.saturating_sub(record.updated_ms) as f64 / 1000.0);
                         if conflict {
-                            self.reject(Rejection::Conflict, &self.topics.topic(key), &"same term and version, kept by the tie-break");
+                            self.reject(
+                                Rejection::Conflict,
+                                &self.topics.topic(key),
+                                &"same term and version, kept by the tie-break",
+                            );
                         }
                     }
                     Outcome::Stale { stored } => {
@@ -521,10 +531,14 @@ impl Replicator {
                             continue;
                         }
                         let reason = Rejection::of_stale(record, &stored);
-                        self.reject(reason, &topic, &format_args!(
-                            "term {} version {} against stored term {} version {}",
-                            record.term, record.version, stored.term, stored.version
-                        ));
+                        self.reject(
+                            reason,
+                            &topic,
+                            &format_args!(
+                                "term {} version {} against stored term {} version {}",
+                                record.term, record.version, stored.term, stored.version
+                            ),
+                        );
                         rejected = true;
                     }
                     Outcome::Duplicate | Outcome::Expired => {}
@@ -583,7 +597,11 @@ impl Replicator {
             .client
             .retained(&self.topics.filter())
             .unwrap_or_default();
-        let peers_synced = self.shared.links.as_ref().is_some_and(|l| l.status().iter().any(|p| p.synced));
+        let peers_synced = self
+            .shared
+            .links
+            .as_ref()
+            .is_some_and(|l| l.status().iter().any(|p| p.synced));
         let mut seen = HashSet::with_capacity(retained.len());
         let mut to_apply = Vec::new();
         let mut repairs = 0u64;
@@ -656,7 +674,11 @@ impl Replicator {
         self.metrics.repairs.inc_by(repairs);
         self.metrics.reconciles.inc();
         {
-            let mut progress = self.shared.progress.lock().unwrap_or_else(|e| e.into_inner());
+            let mut progress = self
+                .shared
+                .progress
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             progress.reconciled = generation;
             progress.caught_up_once |= peers_synced;
             progress.last = Some(Instant::now());

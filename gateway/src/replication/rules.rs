@@ -181,7 +181,10 @@ mod tests {
         );
         assert_eq!(owner(&key(Namespace::Devices, "node-a")), None);
         assert_eq!(owner(&key(Namespace::Devices, "/relay")), None);
-        assert_eq!(owner(&key(Namespace::Cluster, "rules/x")), Some(Owner::Leader));
+        assert_eq!(
+            owner(&key(Namespace::Cluster, "rules/x")),
+            Some(Owner::Leader)
+        );
         assert_eq!(owner(&key(Namespace::Node, "lease/term")), None);
     }
 
@@ -200,9 +203,18 @@ mod tests {
             t.key("$roost/home/state/garden/x"),
             Err(Rejection::UnknownNamespace)
         );
-        assert_eq!(t.key("$roost/home/state/devices"), Err(Rejection::UnknownNamespace));
-        assert_eq!(t.key("$roost/home/state/devices/node-a"), Err(Rejection::BadKey));
-        assert_eq!(t.key("$roost/away/state/devices/a/b"), Err(Rejection::BadKey));
+        assert_eq!(
+            t.key("$roost/home/state/devices"),
+            Err(Rejection::UnknownNamespace)
+        );
+        assert_eq!(
+            t.key("$roost/home/state/devices/node-a"),
+            Err(Rejection::BadKey)
+        );
+        assert_eq!(
+            t.key("$roost/away/state/devices/a/b"),
+            Err(Rejection::BadKey)
+        );
     }
 
     #[test]
@@ -210,19 +222,40 @@ mod tests {
         let members = vec!["node-a".to_owned(), "node-b".to_owned()];
         let dev = key(Namespace::Devices, "node-a/relay");
         assert_eq!(check(&dev, &rec("node-a", 0, 1), &members), Ok(()));
-        assert_eq!(check(&dev, &rec("node-b", 0, 1), &members), Err(Rejection::NotOwner));
-        assert_eq!(check(&dev, &rec("node-a", 3, 1), &members), Err(Rejection::BadTerm));
+        assert_eq!(
+            check(&dev, &rec("node-b", 0, 1), &members),
+            Err(Rejection::NotOwner)
+        );
+        assert_eq!(
+            check(&dev, &rec("node-a", 3, 1), &members),
+            Err(Rejection::BadTerm)
+        );
         let run = key(Namespace::Cluster, "automations/porch");
         assert_eq!(check(&run, &rec("node-b", 4, 1), &members), Ok(()));
-        assert_eq!(check(&run, &rec("node-z", 4, 1), &members), Err(Rejection::NotOwner));
-        assert_eq!(check(&run, &rec("node-b", 0, 1), &members), Err(Rejection::BadTerm));
+        assert_eq!(
+            check(&run, &rec("node-z", 4, 1), &members),
+            Err(Rejection::NotOwner)
+        );
+        assert_eq!(
+            check(&run, &rec("node-b", 0, 1), &members),
+            Err(Rejection::BadTerm)
+        );
     }
 
     #[test]
     fn stale_reasons() {
         let stored = rec("node-a", 5, 3);
-        assert_eq!(Rejection::of_stale(&rec("node-b", 4, 9), &stored), Rejection::StaleTerm);
-        assert_eq!(Rejection::of_stale(&rec("node-a", 5, 2), &stored), Rejection::StaleVersion);
-        assert_eq!(Rejection::of_stale(&rec("node-0", 5, 3), &stored), Rejection::Conflict);
+        assert_eq!(
+            Rejection::of_stale(&rec("node-b", 4, 9), &stored),
+            Rejection::StaleTerm
+        );
+        assert_eq!(
+            Rejection::of_stale(&rec("node-a", 5, 2), &stored),
+            Rejection::StaleVersion
+        );
+        assert_eq!(
+            Rejection::of_stale(&rec("node-0", 5, 3), &stored),
+            Rejection::Conflict
+        );
     }
 }

@@ -40,8 +40,11 @@ impl Metrics {
     /// replaces the series of the previous one instead of failing.
     pub(crate) fn register(registry: &Registry) -> Result<Metrics, Error> {
         let metrics_err = |source| Error::Metrics { source };
-        let keys = IntGauge::new("roost_state_keys", "Records in the local state store, tombstones included.")
-            .map_err(metrics_err)?;
+        let keys = IntGauge::new(
+            "roost_state_keys",
+            "Records in the local state store, tombstones included.",
+        )
+        .map_err(metrics_err)?;
         let writes = IntCounter::new(
             "roost_state_writes_total",
             "State store puts and deletes committed.",

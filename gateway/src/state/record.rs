@@ -112,7 +112,10 @@ impl Record {
     }
 
     /// The record as an [`Entry`] with the value decoded as `T`, or `None` for a tombstone.
-    pub(crate) fn into_entry<T: DeserializeOwned>(self, key: &Key) -> Result<Option<Entry<T>>, Error> {
+    pub(crate) fn into_entry<T: DeserializeOwned>(
+        self,
+        key: &Key,
+    ) -> Result<Option<Entry<T>>, Error> {
         let Some(value) = self.value else {
             return Ok(None);
         };
@@ -209,18 +212,40 @@ mod tests {
             br#"{"version":"x","updated_ms":1,"value":1}"#,
             b"not json",
         ] {
-            assert!(Record::from_bytes(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                Record::from_bytes(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
     #[test]
     fn term_then_version_then_origin_then_value() {
         let v = |n: i64| Some(serde_json::json!(n));
-        assert_eq!(rec(2, 1, "a", v(1)).order(&rec(1, 9, "a", v(1))), Ordering::Greater);
-        assert_eq!(rec(1, 2, "a", v(1)).order(&rec(1, 1, "z", v(9))), Ordering::Greater);
-        assert_eq!(rec(1, 1, "b", v(1)).order(&rec(1, 1, "a", v(9))), Ordering::Greater);
-        assert_eq!(rec(1, 1, "a", v(2)).order(&rec(1, 1, "a", v(1))), Ordering::Greater);
-        assert_eq!(rec(1, 1, "a", v(1)).order(&rec(1, 1, "a", None)), Ordering::Greater);
-        assert_eq!(rec(1, 1, "a", v(1)).order(&rec(1, 1, "a", v(1))), Ordering::Equal);
+        assert_eq!(
+            rec(2, 1, "a", v(1)).order(&rec(1, 9, "a", v(1))),
+            Ordering::Greater
+        );
+        assert_eq!(
+            rec(1, 2, "a", v(1)).order(&rec(1, 1, "z", v(9))),
+            Ordering::Greater
+        );
+        assert_eq!(
+            rec(1, 1, "b", v(1)).order(&rec(1, 1, "a", v(9))),
+            Ordering::Greater
+        );
+        assert_eq!(
+            rec(1, 1, "a", v(2)).order(&rec(1, 1, "a", v(1))),
+            Ordering::Greater
+        );
+        assert_eq!(
+            rec(1, 1, "a", v(1)).order(&rec(1, 1, "a", None)),
+            Ordering::Greater
+        );
+        assert_eq!(
+            rec(1, 1, "a", v(1)).order(&rec(1, 1, "a", v(1))),
+            Ordering::Equal
+        );
     }
 }

@@ -119,7 +119,12 @@ struct Delta {
 impl Delta {
     /// Accounts for `old` (what the key held) becoming `new` (`None`: removed).
     fn replace(&mut self, old: Option<&Record>, new: Option<&Record>) {
-        let count = |r: Option<&Record>| (i64::from(r.is_some()), i64::from(r.is_some_and(Record::is_tombstone)));
+        let count = |r: Option<&Record>| {
+            (
+                i64::from(r.is_some()),
+                i64::from(r.is_some_and(Record::is_tombstone)),
+            )
+        };
         let (old_records, old_tombs) = count(old);
         let (new_records, new_tombs) = count(new);
         self.records += new_records - old_records;
@@ -205,14 +210,21 @@ impl Writer {
                     .load(Ordering::Relaxed)
                     .saturating_add_signed(delta.tombstones);
                 self.tombstones.store(tombstones, Ordering::Relaxed);
-                self.metrics.keys.set(i64::try_from(len).unwrap_or(i64::MAX));
+                self.metrics
+                    .keys
+                    .set(i64::try_from(len).unwrap_or(i64::MAX));
                 self.metrics
                     .tombstones
                     .set(i64::try_from(tombstones).unwrap_or(i64::MAX));
                 if delta.dirty {
                     self.metrics.batch_size.observe(n as f64);
                 }
-                trace!(ops = n, records = len, dirty = delta.dirty, "state batch done");
+                trace!(
+                    ops = n,
+                    records = len,
+                    dirty = delta.dirty,
+                    "state batch done"
+                );
                 for (op, outcome) in writes.into_iter().zip(applied) {
                     self.acknowledge(op, outcome);
                 }
@@ -247,7 +259,15 @@ impl Writer {
                         term,
                         origin,
                         ..
-                    } => write_local(&mut table, &mut delta, key, Some(value), *term, origin, now_ms)?,
+                    } => write_local(
+                        &mut table,
+                        &mut delta,
+                        key,
+                        Some(value),
+                        *term,
+                        origin,
+                        now_ms,
+                    )?,
                     WriteOp::Delete {
                         key, term, origin, ..
                     } => write_local(&mut table, &mut delta, key, None, *term, origin, now_ms)?,
@@ -322,13 +342,15 @@ impl Writer {
 /// logged): only this writer stores records, so it means damage from outside, and writing
 /// over it heals the key.
 fn stored(table: &Table<&str, &[u8]>, raw: &str, key: &Key) -> Result<Option<Record>, redb::Error> {
-    Ok(table.get(raw)?.and_then(|old| match record::decode(key, old.value()) {
-        Ok(r) => Some(r),
-        Err(err) => {
-            warn!(key = %key, error = %err, "unreadable stored record; it will be overwritten");
-            None
-        }
-    }))
+    Ok(table
+        .get(raw)?
+        .and_then(|old| match record::decode(key, old.value()) {
+            Ok(r) => Some(r),
+            Err(err) => {
+                warn!(key = %key, error = %err, "unreadable stored record; it will be overwritten");
+                None
+            }
+        }))
 }
 
 /// A put (`value` is `Some`) or delete of this node.
@@ -461,7 +483,10 @@ fn forget(
     delta.replace(Some(&prev), None);
     let change = (!prev.is_tombstone()).then(|| Change {
         key: key.clone(),
-        record: Record { value: None, ..prev },
+        record: Record {
+            value: None,
+            ..prev
+        },
         remote: true,
     });
     Ok(Applied::Forgot(change, true))
