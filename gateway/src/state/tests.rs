@@ -407,3 +407,117 @@ async fn unencodable_value_fails_alone() {
         .expect("registered");
     assert_eq!(errors.get_metric()[0].get_counter().get_value(), 1.0);
 }
+
+fn record(origin: &str, term: u64, version: u64, value: Option<serde_json::Value>) -> Record {
+    Record {
+        version,
+        term,
+        origin: origin.into(),
+        updated_ms: 1_000,
+        value,
+    }
+}
+
+#[tokio::test]
+async fn peers_records_apply_only_when_ahead_and_announce_as_remote() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&dir);
+    let mut changes = store.subscribe();
+    let k = key(Namespace::Cluster, "runtime/porch");
+    let v = |n: i64| Some(json!(n));
+    let outcomes = store
+        .apply(
+            vec![
+                (k.clone(), record("node-b", 2, 5, v(1))),
+                // Older version of the same term, then an older term with a higher version.
+                (k.clone(), record("node-b", 2, 4, v(0))),
+                (k.clone(), record("node-c", 1, 99, v(9))),
+                (k.clone(), record("node-b", 2, 5, v(1))),
+                // Same term and version from another node: the tie-break decides, and says so.
+                (k.clone(), record("node-c", 2, 5, v(2))),
+            ],
+            0,
+        )
+        .await
+        .expect("apply");
+    assert_eq!(outcomes[0], Outcome::Applied { conflict: false });
+    assert!(matches!(&outcomes[1], Outcome::Stale { stored } if stored.version == 5));
+    assert!(matches!(&outcomes[2], Outcome::Stale { stored } if stored.term == 2));
+    assert_eq!(outcomes[3], Outcome::Duplicate);
+    assert_eq!(outcomes[4], Outcome::Applied { conflict: true });
+    let stored = store.record(&k).await.expect("record").expect("present");
+    assert_eq!(stored, record("node-c", 2, 5, v(2)));
+    let first = changes.try_recv().expect("a change");
+    assert!(first.remote);
+    assert_eq!(first.record.origin, "node-b");
+
+    // A local write below the stored term is refused: the writer was replaced.
+    let refused = store.put_as(&k, &json!(7), 1, &Arc::from("node-a")).await;
+    assert!(matches!(
+        refused,
+        Err(Error::StaleTerm {
+            term: 1,
+            stored: 2,
+            ..
+        })
+    ));
+    assert_eq!(
+        store
+            .put_as(&k, &json!(7), 3, &Arc::from("node-a"))
+            .await
+            .expect("put"),
+        6
+    );
+}
+
+#[tokio::test]
+async fn tombstones_hide_keys_continue_versions_and_can_be_forgotten() {
+    let dir = TempDir::new().expect("tempdir");
+    let store = open(&dir);
+    let k = key(Namespace::Devices, "node-a/lamp");
+    store.put(&k, &json!({"on": true})).await.expect("put");
+    assert!(store.delete(&k).await.expect("delete"));
+    assert!(store
+        .get::<serde_json::Value>(&k)
+        .await
+        .expect("get")
+        .is_none());
+    assert!(store
+        .scan_prefix(Namespace::Devices, "")
+        .await
+        .expect("scan")
+        .is_empty());
+    let tomb = store
+        .record(&k)
+        .await
+        .expect("record")
+        .expect("a tombstone");
+    assert_eq!((tomb.version, tomb.is_tombstone()), (2, true));
+    assert_eq!(store.tombstones(), 1);
+    // A put after a delete goes on from the tombstone's version.
+    assert_eq!(store.put(&k, &json!({"on": false})).await.expect("put"), 3);
+    assert_eq!(store.tombstones(), 0);
+    // Forgetting removes only the version asked for.
+    assert!(!store.forget(&k, 2).await.expect("forget"));
+    assert!(store.forget(&k, 3).await.expect("forget"));
+    assert!(store.record(&k).await.expect("record").is_none());
+    assert_eq!(store.len(), 0);
+
+    // An old tombstone for a key with no record is not stored.
+    let outcomes = store
+        .apply(vec![(k.clone(), record("node-a", 0, 9, None))], 5_000)
+        .await
+        .expect("apply");
+    assert_eq!(outcomes, vec![Outcome::Expired]);
+    assert_eq!(store.len(), 0);
+}
+
+#[tokio::test]
+async fn keys_with_mqtt_wildcards_are_refused() {
+    for path in ["a/+/b", "a/#", "#"] {
+        assert!(matches!(
+            Key::new(Namespace::Devices, path),
+            Err(Error::InvalidKey { .. })
+        ));
+    }
+}
