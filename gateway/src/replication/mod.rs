@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cluster::ClusterView;
 use crate::config::NodeId;
-use crate::state::{self, unix_ms, Change, Key, Namespace, Outcome, Record, Store};
+use crate::state::{self, unix_ms, Change, Header, Key, Namespace, Outcome, Record, Store};
 use crate::topics::Topics;
 use metrics::Metrics;
 use rules::{Owner, Rejection, StateTopics};
@@ -489,7 +489,7 @@ impl Replicator {
                     continue;
                 }
             };
-            if let Err(reason) = rules::check(&key, &record, &self.members) {
+            if let Err(reason) = rules::check(&key, &record.origin, record.term, &self.members) {
                 self.reject(
                     reason,
                     &message.topic,
@@ -551,6 +551,14 @@ impl Replicator {
         Ok(rejected)
     }
 
+    /// Publishes what the store holds for `key` now, if anything.
+    async fn republish(&self, key: &Key) -> Result<(), state::Error> {
+        if let Some(record) = self.store.record(key).await? {
+            self.publish(key, &record).await;
+        }
+        Ok(())
+    }
+
     /// Whether `topic`'s retained message is `record`.
     fn retained_is(&self, topic: &str, record: &Record) -> bool {
         self.client
@@ -589,9 +597,10 @@ impl Replicator {
         let leader = self.is_leader();
         // The store first: everything in it that came from a peer was in the retained set
         // before it was applied, so a key missing from the set read after was removed.
-        let mut stored: HashMap<Key, Record> = HashMap::new();
+        // Headers only: a pass over 100,000 keys must not build 100,000 values.
+        let mut stored: HashMap<Key, Header> = HashMap::new();
         for ns in [Namespace::Cluster, Namespace::Devices] {
-            stored.extend(self.store.records(ns, "").await?);
+            stored.extend(self.store.headers(ns, "").await?);
         }
         let retained = self
             .client
@@ -615,28 +624,34 @@ impl Replicator {
                 continue;
             };
             let mine = stored.get(&key);
-            let record = Record::from_bytes(&message.payload)
+            let header = Header::from_bytes(&message.payload)
                 .ok()
-                .filter(|r| rules::check(&key, r, &self.members).is_ok());
-            let Some(record) = record else {
+                .filter(|h| rules::check(&key, &h.origin, h.term, &self.members).is_ok());
+            let Some(header) = header else {
                 if self.responsible(&key) {
-                    match mine {
-                        Some(mine) => self.publish(&key, mine).await,
-                        None => self.clear(&message.topic).await,
+                    if mine.is_some() {
+                        self.republish(&key).await?;
+                    } else {
+                        self.clear(&message.topic).await;
                     }
                     repairs += 1;
                 }
                 continue;
             };
             seen.insert(key.clone());
-            match mine {
-                Some(mine) if mine.order(&record).is_ge() => {
-                    if mine.order(&record).is_gt() && self.responsible(&key) {
-                        self.publish(&key, mine).await;
+            match mine.map(|m| m.order(&header)) {
+                Some(std::cmp::Ordering::Greater) => {
+                    if self.responsible(&key) {
+                        self.republish(&key).await?;
                         repairs += 1;
                     }
                 }
-                _ => to_apply.push((key, record)),
+                Some(std::cmp::Ordering::Equal) => {}
+                Some(std::cmp::Ordering::Less) | None => {
+                    if let Ok(record) = Record::from_bytes(&message.payload) {
+                        to_apply.push((key, record));
+                    }
+                }
             }
         }
         let mut applied = 0u64;
@@ -649,11 +664,11 @@ impl Replicator {
         }
         self.metrics.applied.inc_by(applied);
         let mut forgotten = 0u64;
-        for (key, record) in &stored {
-            let expired = record.is_tombstone() && record.updated_ms < horizon;
+        for (key, header) in &stored {
+            let expired = header.deleted && header.updated_ms < horizon;
             if expired {
                 // Done spreading: drop it here, and from the topics if this node keeps them.
-                self.store.forget(key, record.version).await?;
+                self.store.forget(key, header.version).await?;
                 if seen.contains(key) && self.responsible(key) {
                     self.clear(&self.topics.topic(key)).await;
                     repairs += 1;
@@ -661,12 +676,12 @@ impl Replicator {
                 forgotten += 1;
             } else if !seen.contains(key) {
                 if self.responsible(key) {
-                    self.publish(key, record).await;
+                    self.republish(key).await?;
                     repairs += 1;
                 } else if peers_synced {
                     // Only with a peer's set in hand: a node alone may hold what its
                     // broker lost in a crash, and the peers will bring it back.
-                    self.store.forget(key, record.version).await?;
+                    self.store.forget(key, header.version).await?;
                     forgotten += 1;
                 }
             }

@@ -128,25 +128,25 @@ impl StateTopics {
     }
 }
 
-/// Checks a peer's record for `key` against the ownership rules: a device key's record comes
-/// from the node it names, with term 0; a leader's key's record comes from a cluster member,
-/// with a term of at least 1.
-pub fn check(key: &Key, record: &Record, members: &[String]) -> Result<(), Rejection> {
+/// Checks the writer (`origin`) and `term` of a peer's record for `key` against the ownership
+/// rules: a device key's record comes from the node it names, with term 0; a leader's key's
+/// record comes from a cluster member, with a term of at least 1.
+pub fn check(key: &Key, origin: &str, term: u64, members: &[String]) -> Result<(), Rejection> {
     match owner(key) {
         None => Err(Rejection::BadKey),
         Some(Owner::Node(node)) => {
-            if record.origin != node {
+            if origin != node {
                 Err(Rejection::NotOwner)
-            } else if record.term != 0 {
+            } else if term != 0 {
                 Err(Rejection::BadTerm)
             } else {
                 Ok(())
             }
         }
         Some(Owner::Leader) => {
-            if !members.iter().any(|m| *m == record.origin) {
+            if !members.iter().any(|m| m == origin) {
                 Err(Rejection::NotOwner)
-            } else if record.term == 0 {
+            } else if term == 0 {
                 Err(Rejection::BadTerm)
             } else {
                 Ok(())
@@ -220,6 +220,8 @@ mod tests {
     #[test]
     fn ownership_and_terms() {
         let members = vec!["node-a".to_owned(), "node-b".to_owned()];
+        let check =
+            |key: &Key, r: &Record, members: &[String]| check(key, &r.origin, r.term, members);
         let dev = key(Namespace::Devices, "node-a/relay");
         assert_eq!(check(&dev, &rec("node-a", 0, 1), &members), Ok(()));
         assert_eq!(

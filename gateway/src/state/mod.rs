@@ -50,7 +50,7 @@ use tracing::{debug, info, warn};
 
 pub use error::Error;
 pub use key::{Key, Namespace, MAX_PATH_LEN};
-pub use record::{Record, RecordError};
+pub use record::{Header, Record, RecordError};
 
 use metrics::Metrics;
 pub(crate) use writer::unix_ms;
@@ -374,9 +374,31 @@ impl Store {
         Ok(out)
     }
 
+    /// The header of every record of `ns` whose path starts with `prefix`, tombstones
+    /// included, ordered by path; one consistent snapshot, without building the values.
+    pub async fn headers(&self, ns: Namespace, prefix: &str) -> Result<Vec<(Key, Header)>, Error> {
+        self.walk(ns, prefix, |key, bytes| {
+            Header::from_bytes(bytes).map_err(|source| Error::Corrupt {
+                key: key.clone(),
+                source,
+            })
+        })
+        .await
+    }
+
     /// Every record of `ns` whose path starts with `prefix`, tombstones included, ordered by
     /// path; one consistent snapshot.
     pub async fn records(&self, ns: Namespace, prefix: &str) -> Result<Vec<(Key, Record)>, Error> {
+        self.walk(ns, prefix, record::decode).await
+    }
+
+    /// Every record of `ns` under `prefix`, each read by `read`, in one snapshot.
+    async fn walk<T: Send + 'static>(
+        &self,
+        ns: Namespace,
+        prefix: &str,
+        read: fn(&Key, &[u8]) -> Result<T, Error>,
+    ) -> Result<Vec<(Key, T)>, Error> {
         if prefix.len() > MAX_PATH_LEN || prefix.contains('\0') {
             return Err(Error::InvalidKey {
                 ns,
@@ -386,7 +408,7 @@ impl Store {
         }
         let db = self.db()?;
         let start = key::encode(ns, prefix);
-        tokio::task::spawn_blocking(move || scan(&db, ns, &start))
+        tokio::task::spawn_blocking(move || scan(&db, ns, &start, read))
             .await
             .map_err(|source| Error::Task { source })?
     }
@@ -514,8 +536,14 @@ fn open_db(path: &Path) -> Result<(Database, u64, u64), redb::Error> {
     Ok((db, len, tombstones))
 }
 
-/// The records of `ns` whose encoded key starts with `start` (`ns/prefix`), decoded.
-fn scan(db: &Database, ns: Namespace, start: &str) -> Result<Vec<(Key, Record)>, Error> {
+/// The records of `ns` whose encoded key starts with `start` (`ns/prefix`), each read by
+/// `read`.
+fn scan<T>(
+    db: &Database,
+    ns: Namespace,
+    start: &str,
+    read: fn(&Key, &[u8]) -> Result<T, Error>,
+) -> Result<Vec<(Key, T)>, Error> {
     let read_err = |source: redb::Error| Error::Read { source };
     let txn = db.begin_read().map_err(|e| read_err(e.into()))?;
     let table = txn.open_table(TABLE).map_err(|e| read_err(e.into()))?;
@@ -527,8 +555,8 @@ fn scan(db: &Database, ns: Namespace, start: &str) -> Result<Vec<(Key, Record)>,
             break;
         }
         let key = Key::decode_in(ns, raw_key);
-        let record = record::decode(&key, raw_value.value())?;
-        out.push((key, record));
+        let value = read(&key, raw_value.value())?;
+        out.push((key, value));
     }
     Ok(out)
 }
