@@ -287,7 +287,7 @@ fn forged_and_malformed_state_messages_are_rejected_counted_and_repaired() {
     let deadline = Instant::now() + EVENT_TIMEOUT;
     loop {
         let mut missing = Vec::new();
-        for i in 0..3 {
+        for (i, counted_before) in before.iter().enumerate() {
             for (r, (_, payload, reason)) in reasons.iter().enumerate() {
                 let claimed = serde_json::from_str::<Value>(payload)
                     .ok()
@@ -297,7 +297,7 @@ fn forged_and_malformed_state_messages_are_rejected_counted_and_repaired() {
                 let skips = claimed.as_deref() == Some(cluster.id(i))
                     && !matches!(*reason, "not_owner" | "unknown_namespace" | "bad_term");
                 let series = format!("roost_state_rejected_total{{reason=\"{reason}\"}}");
-                if !skips && cluster.node(i).metric(&series) <= before[i][r] {
+                if !skips && cluster.node(i).metric(&series) <= counted_before[r] {
                     missing.push(format!("{} {reason}", cluster.id(i)));
                 }
             }
