@@ -61,7 +61,7 @@ pub const FILE_NAME: &str = "state.redb";
 
 /// redb's page cache. Its default (1 GiB) is meant for servers; the state of a house fits in a
 /// few MiB, and a Pi Zero 2 W has 512 MiB in all.
-const CACHE_BYTES: usize = 16 * 1024 * 1024;
+const CACHE_BYTES: usize = 4 * 1024 * 1024;
 
 /// How many committed changes a slow subscriber may fall behind before it gets
 /// [`broadcast::error::RecvError::Lagged`].
