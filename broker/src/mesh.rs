@@ -788,9 +788,15 @@ impl Mesh {
                 tracing::info!(peer = %peer.id, %remote, "link from peer up");
                 // A peer that just started has been unreachable: link back now rather than
                 // after the backoff, so it receives this node's retained set at once.
-                peer.redial.notify_one();
-                self.run_in(&peer, &mut state, &mut reader, &mut write, &cancel)
-                    .await
+                peer.redial.notify_waiters();
+                self.run_in(
+                    &peer,
+                    &mut state,
+                    &mut reader,
+                    &mut write,
+                    (&cancel, link_id),
+                )
+                .await
             }
             Err(e) => Err(e.to_string()),
         };
@@ -878,7 +884,7 @@ impl Mesh {
         state: &mut Inbound,
         reader: &mut FrameReader,
         writer: &mut OwnedWriteHalf,
-        cancel: &CancellationToken,
+        (cancel, link_id): (&CancellationToken, u64),
     ) -> Result<(), String> {
         let in_bytes = self.metrics.bytes.with_label_values(&[&peer.id, "in"]);
         let in_messages = self.metrics.messages.with_label_values(&[&peer.id, "in"]);
@@ -932,7 +938,7 @@ impl Mesh {
                             .map_err(|e| e.to_string())?;
                     }
                     Frame::Synced => {
-                        if let Some(link) = peer.link().as_mut() {
+                        if let Some(link) = peer.link().as_mut().filter(|l| l.id == link_id) {
                             link.synced = true;
                         }
                         tracing::debug!(peer = %peer.id, "peer's retained set received");

@@ -221,6 +221,7 @@ pub async fn start(
         tuning: setup.tuning,
         shared: shared.clone(),
         metrics,
+        republished: Mutex::new(HashMap::new()),
     };
     tracker.spawn(replicator.run(subscription, changes, synced, token));
     Ok(Replicated { inner: shared })
@@ -305,6 +306,8 @@ struct Replicator {
     tuning: Tuning,
     shared: Arc<Shared>,
     metrics: Metrics,
+    /// Keys an anti-entropy pass published ahead of the change feed, with the version.
+    republished: Mutex<HashMap<Key, u64>>,
 }
 
 impl Replicator {
@@ -389,6 +392,11 @@ impl Replicator {
                 }
             };
             if reconcile {
+                // This node's writes committed so far go out first, so the pass does not
+                // republish a key ahead of its own queued changes.
+                while let Ok(change) = changes.try_recv() {
+                    self.publish_local(change).await;
+                }
                 let generation = *synced.borrow_and_update();
                 if let Err(e) = self.reconcile(generation).await {
                     tracing::error!(error = %e, "anti-entropy pass failed; retrying at the next");
@@ -403,12 +411,26 @@ impl Replicator {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .behind = true;
+        // Refreshes `roost_state_in_sync`.
+        self.shared.sync_status();
     }
 
     /// Publishes a write of this node.
     async fn publish_local(&self, change: Change) {
         if change.remote || !change.key.ns.is_replicated() {
             return;
+        }
+        {
+            let mut republished = self.republished.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(&version) = republished.get(&change.key) {
+                if change.record.version >= version {
+                    republished.remove(&change.key);
+                }
+                if change.record.version <= version {
+                    // An anti-entropy pass published this version or a later one already.
+                    return;
+                }
+            }
         }
         self.publish(&change.key, &change.record).await;
     }
@@ -465,7 +487,6 @@ impl Replicator {
     async fn receive(&self, batch: Vec<Message>) -> Result<bool, state::Error> {
         let mut rejected = false;
         let mut records = Vec::with_capacity(batch.len());
-        let mut cleared = Vec::new();
         for message in batch {
             let key = match self.topics.key(&message.topic) {
                 Ok(key) => key,
@@ -478,7 +499,9 @@ impl Replicator {
                 }
             };
             if message.payload.is_empty() {
-                cleared.push(key);
+                // In order: what came before the clear is applied first.
+                rejected |= self.apply_peers(std::mem::take(&mut records)).await?;
+                self.follow_clear(&key).await?;
                 continue;
             }
             let record = match Record::from_bytes(&message.payload) {
@@ -504,59 +527,109 @@ impl Replicator {
             }
             records.push((key, record));
         }
-        if !records.is_empty() {
-            let now = unix_ms();
-            let outcomes = self.store.apply(records.clone(), self.horizon_ms()).await?;
-            for ((key, record), outcome) in records.iter().zip(outcomes) {
-                match outcome {
-                    Outcome::Applied { conflict } => {
-                        self.metrics.applied.inc();
-                        self.metrics
-                            .lag
-                            .observe(now.saturating_sub(record.updated_ms) as f64 / 1000.0);
-                        if conflict {
-                            self.reject(
-                                Rejection::Conflict,
-                                &self.topics.topic(key),
-                                &"same term and version, kept by the tie-break",
-                            );
-                        }
-                    }
-                    Outcome::Stale { stored } => {
-                        let topic = self.topics.topic(key);
-                        // A message the retained set has moved past is old news (this node
-                        // read a newer one in an anti-entropy pass); a stale record that is
-                        // what the topic holds now was published over a newer one.
-                        if !self.retained_is(&topic, record) {
-                            continue;
-                        }
-                        let reason = Rejection::of_stale(record, &stored);
-                        self.reject(
-                            reason,
-                            &topic,
-                            &format_args!(
-                                "term {} version {} against stored term {} version {}",
-                                record.term, record.version, stored.term, stored.version
-                            ),
-                        );
-                        rejected = true;
-                    }
-                    Outcome::Duplicate | Outcome::Expired => {}
-                }
-            }
+        rejected |= self.apply_peers(records).await?;
+        Ok(rejected)
+    }
+
+    /// Applies checked peers' records in one batch and counts what became of them; true if
+    /// any was refused.
+    async fn apply_peers(&self, records: Vec<(Key, Record)>) -> Result<bool, state::Error> {
+        if records.is_empty() {
+            return Ok(false);
         }
-        for key in cleared {
-            self.follow_clear(&key).await?;
+        let mut rejected = false;
+        let now = unix_ms();
+        let outcomes = self.store.apply(records.clone(), self.horizon_ms()).await?;
+        for ((key, record), outcome) in records.iter().zip(outcomes) {
+            match outcome {
+                Outcome::Applied { conflict } => {
+                    self.metrics.applied.inc();
+                    self.metrics
+                        .lag
+                        .observe(now.saturating_sub(record.updated_ms) as f64 / 1000.0);
+                    if conflict {
+                        self.reject(
+                            Rejection::Conflict,
+                            &self.topics.topic(key),
+                            &"two records of the same term and version; the tie-break kept this one",
+                        );
+                    }
+                }
+                Outcome::Stale { stored } => {
+                    let topic = self.topics.topic(key);
+                    // A message the retained set has moved past is old news (this node read
+                    // a newer one in an anti-entropy pass); a stale record that is what the
+                    // topic holds now was published over a newer one.
+                    if !self.retained_is(&topic, record) {
+                        continue;
+                    }
+                    let reason = Rejection::of_stale(record, &stored);
+                    self.reject(
+                        reason,
+                        &topic,
+                        &format_args!(
+                            "term {} version {} against stored term {} version {}",
+                            record.term, record.version, stored.term, stored.version
+                        ),
+                    );
+                    rejected = true;
+                }
+                Outcome::Duplicate | Outcome::Expired => {}
+            }
         }
         Ok(rejected)
     }
 
-    /// Publishes what the store holds for `key` now, if anything.
+    /// Publishes what the store holds for `key` now, if anything. A record the rules refuse
+    /// (one written before replication, without an origin) is not published: this node,
+    /// which keeps the key, writes its value again under its own name, as the next version.
     async fn republish(&self, key: &Key) -> Result<(), state::Error> {
-        if let Some(record) = self.store.record(key).await? {
+        let Some(record) = self.store.record(key).await? else {
+            return Ok(());
+        };
+        if rules::check(key, &record.origin, record.term, &self.members).is_ok() {
             self.publish(key, &record).await;
+            self.note_republished(key, record.version);
+            return Ok(());
+        }
+        let (term, node) = (self.term_for(key), &self.shared.node);
+        let rewritten = match &record.value {
+            Some(value) => self.store.put_as(key, value, term, node).await.map(|_| ()),
+            None => self.store.delete_as(key, term, node).await.map(|_| ()),
+        };
+        match rewritten {
+            Ok(()) => {
+                tracing::info!(%key, "rewrote a state record from before replication under this node's name")
+            }
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "cannot rewrite a state record from before replication")
+            }
         }
         Ok(())
+    }
+
+    /// The term this node writes `key` with: the current term for a leader's key, else 0.
+    fn term_for(&self, key: &Key) -> u64 {
+        match rules::owner(key) {
+            Some(Owner::Leader) => self.shared.view.leader_and_term().1,
+            _ => 0,
+        }
+    }
+
+    /// Whether this node keeps `key`'s topic right given the record it holds: it is the key's
+    /// responsible node, or the record is its own write (a leader's write stays its to
+    /// publish after it lost the lease: the term order decides against newer ones).
+    fn keeps(&self, key: &Key, header: &Header) -> bool {
+        self.responsible(key) || header.origin == *self.shared.node
+    }
+
+    /// Remembers that `key` was published at `version` out of the change feed's order, so the
+    /// feed's older changes of it still queued are not published after it.
+    fn note_republished(&self, key: &Key, version: u64) {
+        self.republished
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone(), version);
     }
 
     /// Whether `topic`'s retained message is `record`.
@@ -570,13 +643,13 @@ impl Replicator {
             .any(|r| r.order(record).is_eq())
     }
 
-    /// A state topic's retained message was removed: the key's owner puts it back, any other
-    /// node removes its copy.
+    /// A state topic's retained message was removed: the node that keeps the key puts it
+    /// back, any other node removes its copy.
     async fn follow_clear(&self, key: &Key) -> Result<(), state::Error> {
         let Some(stored) = self.store.record(key).await? else {
             return Ok(());
         };
-        if self.responsible(key) {
+        if self.keeps(key, &stored.header()) {
             if !(stored.is_tombstone() && stored.updated_ms < self.horizon_ms()) {
                 self.publish(key, &stored).await;
                 self.metrics.repairs.inc();
@@ -623,31 +696,37 @@ impl Replicator {
                 }
                 continue;
             };
+            // The topic names a key: whatever it holds, the key is not missing from it.
+            seen.insert(key.clone());
             let mine = stored.get(&key);
             let header = Header::from_bytes(&message.payload)
                 .ok()
                 .filter(|h| rules::check(&key, &h.origin, h.term, &self.members).is_ok());
             let Some(header) = header else {
-                if self.responsible(&key) {
-                    if mine.is_some() {
+                // Garbage on a key's topic: whoever keeps the key puts its record back, or
+                // clears the topic if it has none.
+                match mine {
+                    Some(mine) if self.keeps(&key, mine) => {
                         self.republish(&key).await?;
-                    } else {
-                        self.clear(&message.topic).await;
+                        repairs += 1;
                     }
-                    repairs += 1;
+                    None if self.responsible(&key) => {
+                        self.clear(&message.topic).await;
+                        repairs += 1;
+                    }
+                    _ => {}
                 }
                 continue;
             };
-            seen.insert(key.clone());
-            match mine.map(|m| m.order(&header)) {
-                Some(std::cmp::Ordering::Greater) => {
-                    if self.responsible(&key) {
+            match mine.map(|m| (m.order(&header), m)) {
+                Some((std::cmp::Ordering::Greater, mine)) => {
+                    if self.keeps(&key, mine) {
                         self.republish(&key).await?;
                         repairs += 1;
                     }
                 }
-                Some(std::cmp::Ordering::Equal) => {}
-                Some(std::cmp::Ordering::Less) | None => {
+                Some((std::cmp::Ordering::Equal, _)) => {}
+                Some((std::cmp::Ordering::Less, _)) | None => {
                     if let Ok(record) = Record::from_bytes(&message.payload) {
                         to_apply.push((key, record));
                     }
@@ -669,13 +748,13 @@ impl Replicator {
             if expired {
                 // Done spreading: drop it here, and from the topics if this node keeps them.
                 self.store.forget(key, header.version).await?;
-                if seen.contains(key) && self.responsible(key) {
+                if seen.contains(key) && self.keeps(key, header) {
                     self.clear(&self.topics.topic(key)).await;
                     repairs += 1;
                 }
                 forgotten += 1;
             } else if !seen.contains(key) {
-                if self.responsible(key) {
+                if self.keeps(key, header) {
                     self.republish(key).await?;
                     repairs += 1;
                 } else if peers_synced {

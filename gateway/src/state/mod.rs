@@ -162,7 +162,7 @@ impl Store {
         })?;
         let path = data_dir.join(FILE_NAME);
         let opened = Instant::now();
-        let (db, len, tombstones) = open_db(&path).map_err(|source| Error::Open {
+        let (db, len, tombstones, floor) = open_db(&path).map_err(|source| Error::Open {
             path: path.clone(),
             source,
         })?;
@@ -184,6 +184,7 @@ impl Store {
             changes,
             len: Arc::clone(&len),
             tombstones: Arc::clone(&tombstones),
+            floor: std::cell::Cell::new(floor),
             metrics: metrics.clone(),
         };
         let span = tracing::info_span!("state_writer", path = %path.display());
@@ -514,8 +515,8 @@ impl fmt::Debug for Store {
 }
 
 /// Opens or creates the file, makes sure the table exists (so reads never meet a missing
-/// table), and counts the records and the tombstones among them.
-fn open_db(path: &Path) -> Result<(Database, u64, u64), redb::Error> {
+/// table), counts the records and the tombstones among them, and reads the version floor.
+fn open_db(path: &Path) -> Result<(Database, u64, u64, u64), redb::Error> {
     let db = Database::builder()
         .set_cache_size(CACHE_BYTES)
         .create(path)?;
@@ -531,9 +532,14 @@ fn open_db(path: &Path) -> Result<(Database, u64, u64), redb::Error> {
             tombstones += 1;
         }
     }
+    let floor = table
+        .get(writer::FLOOR_KEY)?
+        .and_then(|v| Record::from_bytes(v.value()).ok())
+        .and_then(|r| r.value.and_then(|v| v.as_u64()))
+        .unwrap_or(0);
     drop(table);
     drop(txn);
-    Ok((db, len, tombstones))
+    Ok((db, len, tombstones, floor))
 }
 
 /// The records of `ns` whose encoded key starts with `start` (`ns/prefix`), each read by
@@ -555,8 +561,15 @@ fn scan<T>(
             break;
         }
         let key = Key::decode_in(ns, raw_key);
-        let value = read(&key, raw_value.value())?;
-        out.push((key, value));
+        match read(&key, raw_value.value()) {
+            Ok(value) => out.push((key, value)),
+            // A record damaged from outside is left out of the walk rather than stopping
+            // it; the writer treats it as absent, and the next write heals it.
+            Err(Error::Corrupt { key, source }) => {
+                warn!(%key, error = %source, "skipping a damaged state record");
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(out)
 }

@@ -501,7 +501,19 @@ async fn tombstones_hide_keys_continue_versions_and_can_be_forgotten() {
     assert!(!store.forget(&k, 2).await.expect("forget"));
     assert!(store.forget(&k, 3).await.expect("forget"));
     assert!(store.record(&k).await.expect("record").is_none());
-    assert_eq!(store.len(), 0);
+    // Versions never go back: a key written anew starts above what was forgotten, and the
+    // floor that says so is the only record left.
+    let floor: Entry<u64> = store
+        .get(&key(Namespace::Node, "state/version_floor"))
+        .await
+        .expect("get")
+        .expect("the floor is kept");
+    assert_eq!(floor.value, 3);
+    let other = key(Namespace::Devices, "node-a/new");
+    assert_eq!(store.put(&other, &1).await.expect("put"), 4);
+    assert!(store.delete(&other).await.expect("delete"));
+    assert!(store.forget(&other, 5).await.expect("forget"));
+    assert_eq!(store.len(), 1);
 
     // An old tombstone for a key with no record is not stored.
     let outcomes = store
@@ -509,7 +521,12 @@ async fn tombstones_hide_keys_continue_versions_and_can_be_forgotten() {
         .await
         .expect("apply");
     assert_eq!(outcomes, vec![Outcome::Expired]);
-    assert_eq!(store.len(), 0);
+    assert_eq!(store.len(), 1);
+
+    // The floor survives a reopen.
+    store.close().await.expect("close");
+    let store = open(&dir);
+    assert_eq!(store.put(&k, &json!(1)).await.expect("put"), 6);
 }
 
 #[tokio::test]

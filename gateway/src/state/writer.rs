@@ -6,6 +6,7 @@
 //! costs no fsync. It must never panic and never block on a caller: a failed batch is logged
 //! and failed, and the loop goes on.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -20,6 +21,9 @@ use super::{Change, Error, Key, Outcome};
 
 /// The one table: `"ns/path"` → JSON record. See the module docs of `state` for why one table.
 pub(crate) const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+
+/// Where the version floor is kept (`Writer::floor`): `node/state/version_floor`.
+pub(crate) const FLOOR_KEY: &str = "node/state/version_floor";
 
 /// Most ops applied in one write transaction. A burst larger than this is split into several
 /// commits so that the first callers are not held back behind an unbounded batch.
@@ -146,6 +150,10 @@ pub(crate) struct Writer {
     pub(crate) len: Arc<AtomicU64>,
     /// Number of tombstones, shared with the store.
     pub(crate) tombstones: Arc<AtomicU64>,
+    /// The highest version of any record removed for good ([`FLOOR_KEY`]): a key written
+    /// anew starts above it, so a key's versions never go back, even past a forgotten
+    /// tombstone, and a node that still holds an old version of it takes the new one.
+    pub(crate) floor: Cell<u64>,
     /// The store's metrics.
     pub(crate) metrics: Metrics,
 }
@@ -262,6 +270,7 @@ impl Writer {
                     } => write_local(
                         &mut table,
                         &mut delta,
+                        &self.floor,
                         key,
                         Some(value),
                         *term,
@@ -270,14 +279,23 @@ impl Writer {
                     )?,
                     WriteOp::Delete {
                         key, term, origin, ..
-                    } => write_local(&mut table, &mut delta, key, None, *term, origin, now_ms)?,
+                    } => write_local(
+                        &mut table,
+                        &mut delta,
+                        &self.floor,
+                        key,
+                        None,
+                        *term,
+                        origin,
+                        now_ms,
+                    )?,
                     WriteOp::Apply {
                         records,
                         horizon_ms,
                         ..
                     } => apply_remote(&mut table, &mut delta, records, *horizon_ms)?,
                     WriteOp::Forget { key, version, .. } => {
-                        forget(&mut table, &mut delta, key, *version)?
+                        forget(&mut table, &mut delta, &self.floor, key, *version, now_ms)?
                     }
                 };
                 applied.push(outcome);
@@ -354,9 +372,11 @@ fn stored(table: &Table<&str, &[u8]>, raw: &str, key: &Key) -> Result<Option<Rec
 }
 
 /// A put (`value` is `Some`) or delete of this node.
+#[allow(clippy::too_many_arguments)]
 fn write_local(
     table: &mut Table<&str, &[u8]>,
     delta: &mut Delta,
+    floor: &Cell<u64>,
     key: &Key,
     value: Option<&serde_json::Value>,
     term: u64,
@@ -390,7 +410,10 @@ fn write_local(
         return Ok(Applied::Local(gone, true));
     }
     let record = Record {
-        version: previous.as_ref().map_or(1, |p| p.version.saturating_add(1)),
+        version: previous
+            .as_ref()
+            .map_or(floor.get(), |p| p.version)
+            .saturating_add(1),
         term,
         origin: origin.to_string(),
         updated_ms: now_ms,
@@ -471,8 +494,10 @@ fn apply_remote(
 fn forget(
     table: &mut Table<&str, &[u8]>,
     delta: &mut Delta,
+    floor: &Cell<u64>,
     key: &Key,
     version: u64,
+    now_ms: u64,
 ) -> Result<Applied, redb::Error> {
     let raw = key.encode();
     let previous = stored(table, &raw, key)?;
@@ -481,6 +506,22 @@ fn forget(
     };
     table.remove(raw.as_str())?;
     delta.replace(Some(&prev), None);
+    if prev.version > floor.get() {
+        floor.set(prev.version);
+        let record = Record {
+            version: 1,
+            term: 0,
+            origin: String::new(),
+            updated_ms: now_ms,
+            value: Some(serde_json::json!(prev.version)),
+        };
+        if let Ok(bytes) = record.to_bytes() {
+            let had = table.insert(FLOOR_KEY, bytes.as_slice())?.is_some();
+            if !had {
+                delta.records += 1;
+            }
+        }
+    }
     let change = (!prev.is_tombstone()).then(|| Change {
         key: key.clone(),
         record: Record {
