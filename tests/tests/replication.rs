@@ -212,6 +212,10 @@ fn forged_and_malformed_state_messages_are_rejected_counted_and_repaired() {
             200
         );
     }
+    let (code, _) = a
+        .put("devices/node-a/fan", &json!({ "speed": 2 }))
+        .expect("PUT");
+    assert_eq!(code, 200);
     let mut lead = Http::connect(cluster.node(leader).http).expect("connect");
     for runs in 0..2 {
         let (code, _) = lead
@@ -235,9 +239,9 @@ fn forged_and_malformed_state_messages_are_rejected_counted_and_repaired() {
             forged("node-a", 0, 1, json!({ "on": false })),
             "stale_version",
         ),
-        // Not a record.
+        // Not a record, over a key every node holds: none may forget the key for it.
         (
-            format!("{root}/devices/node-a/junk"),
+            format!("{root}/devices/node-a/fan"),
             "{not json".to_owned(),
             "bad_json",
         ),
@@ -266,6 +270,8 @@ fn forged_and_malformed_state_messages_are_rejected_counted_and_repaired() {
             "bad_term",
         ),
     ];
+    const APPLIED: &str = "roost_state_replicated_total{direction=\"in\"}";
+    let applied_before: Vec<f64> = (0..3).map(|i| cluster.node(i).metric(APPLIED)).collect();
     let before: Vec<Vec<f64>> = (0..3)
         .map(|i| {
             reasons
@@ -320,12 +326,28 @@ fn forged_and_malformed_state_messages_are_rejected_counted_and_repaired() {
         |line| line.contains(r#""origin":"node-a""#) && line.contains(r#""version":3"#),
         "node-a's relay record back on its topic",
     );
+    let fan = format!("{root}/devices/node-a/fan");
+    let mut fan_sub = MosquittoSub::start(cluster.node(2), &["-t", &fan, "-v"]);
+    fan_sub.wait_for(
+        |line| line.contains(r#""speed":2"#),
+        "node-a's fan record back on its topic",
+    );
     let mut porch_sub = MosquittoSub::start(cluster.node(2), &["-t", &porch, "-v"]);
     porch_sub.wait_for(
         |line| line.contains(&format!(r#""term":{term}"#)) && line.contains(r#""version":2"#),
         "the leader's record back on its topic",
     );
     assert!(cluster.node(leader).metric("roost_state_repairs_total") >= 1.0);
+    // Not one record was stored anew anywhere: no node forgot a key over the garbage on its
+    // topic and took it back from the repair.
+    for (i, applied) in applied_before.iter().enumerate() {
+        assert_eq!(
+            cluster.node(i).metric(APPLIED),
+            *applied,
+            "{}",
+            cluster.id(i)
+        );
+    }
     for i in 0..3 {
         assert!(cluster.node(i).health().1["state"]["in_sync"] == true);
     }

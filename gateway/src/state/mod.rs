@@ -74,8 +74,9 @@ const CLOSE_READ_GRACE: Duration = Duration::from_secs(5);
 /// One stored value with its bookkeeping.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry<T> {
-    /// Per-key version: 1 for the first write, +1 on every write after it (a delete too, in
-    /// the replicated namespaces, where it leaves a tombstone for a while).
+    /// Per-key version: 1 for the first write (one above the version floor once the store
+    /// has forgotten records), +1 on every write after it (a delete too, in the replicated
+    /// namespaces, where it leaves a tombstone for a while).
     pub version: u64,
     /// The lease term of the write, for keys the leader owns; 0 for other keys.
     pub term: u64,

@@ -15,11 +15,13 @@ use super::{Entry, Error, Key};
 /// One version of one key, as stored and as replicated: a value or a tombstone.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
-    /// Per key: 1 for the first write, +1 for every write after it, deletes included.
+    /// Per key: one above the store's version floor for the first write (1 in a store that
+    /// never forgot a record), +1 for every write after it, deletes included.
     pub version: u64,
     /// The lease term the write was made in, for keys the leader owns; 0 for other keys.
     pub term: u64,
-    /// The node that made the write; empty for records written before replication existed.
+    /// The node that made the write; empty for records written with `Store::put` (the node's
+    /// own bookkeeping) and before replication existed.
     pub origin: String,
     /// When the origin committed the write, in milliseconds since the Unix epoch (its clock).
     pub updated_ms: u64,
