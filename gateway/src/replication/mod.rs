@@ -329,8 +329,9 @@ impl Replicator {
                     None => std::future::pending().await,
                 }
             };
+            // Unbiased: a steady stream of this node's writes must not starve peers'
+            // messages, link syncs or the timers.
             let outcome = tokio::select! {
-                biased;
                 () = token.cancelled() => return,
                 change = changes.recv() => match change {
                     Ok(change) => {
