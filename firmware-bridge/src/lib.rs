@@ -8,14 +8,17 @@
 //! - `entity`: the entity kinds, their state payloads and the checking of commands;
 //! - `debounce`: a pure debouncer for digital inputs;
 //! - `gpio`: the GPIO backend trait, with rppal on a Raspberry Pi and simulated pins
-//!   elsewhere.
+//!   elsewhere;
+//! - `device`: GPIO devices at run time: safe states, checked commands, button pulses,
+//!   debounced and inverted inputs, every state sent as an update.
 //!
-//! The devices that put these together, their config and their MQTT topics come next; until
+//! Serial devices, the devices' config and their MQTT topics come next; until
 //! then the demo devices of `roost` with no arguments are plain MQTT topics in
 //! `gateway/src/demo.rs`.
 
 pub mod codec;
 pub mod debounce;
+pub mod device;
 pub mod entity;
 pub mod firmata;
 pub mod gpio;
