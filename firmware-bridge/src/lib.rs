@@ -10,9 +10,11 @@
 //! - `gpio`: the GPIO backend trait, with rppal on a Raspberry Pi and simulated pins
 //!   elsewhere;
 //! - `device`: GPIO devices at run time: safe states, checked commands, button pulses,
-//!   debounced and inverted inputs, every state sent as an update.
+//!   debounced and inverted inputs, every state sent as an update;
+//! - `serial`: serial devices at run time, over either protocol, reopened with backoff when
+//!   unplugged.
 //!
-//! Serial devices, the devices' config and their MQTT topics come next; until
+//! The devices' config and their MQTT topics come next; until
 //! then the demo devices of `roost` with no arguments are plain MQTT topics in
 //! `gateway/src/demo.rs`.
 
@@ -23,3 +25,4 @@ pub mod entity;
 pub mod firmata;
 pub mod gpio;
 pub mod jsonl;
+pub mod serial;
