@@ -5,6 +5,10 @@
 
 use std::time::{Duration, Instant};
 
+/// The longest debounce window: no contact bounces for longer, and it keeps deadlines far
+/// from overflowing.
+pub const MAX_WINDOW: Duration = Duration::from_secs(60);
+
 /// One input's debouncer.
 #[derive(Debug, Clone)]
 pub struct Debouncer {
@@ -18,10 +22,10 @@ pub struct Debouncer {
 
 impl Debouncer {
     /// A debouncer for an input that reads `initial` now. A zero `window` reports every
-    /// change at once.
+    /// change at once; a window is at most [`MAX_WINDOW`].
     pub fn new(initial: bool, window: Duration) -> Debouncer {
         Debouncer {
-            window,
+            window: window.min(MAX_WINDOW),
             stable: initial,
             pending: None,
         }

@@ -79,6 +79,9 @@ pub enum DeviceError {
         /// Its kind.
         kind: Kind,
     },
+    /// Started outside a tokio runtime.
+    #[error("GPIO devices need a tokio runtime")]
+    NoRuntime,
     /// The command itself was refused.
     #[error(transparent)]
     Command(#[from] CommandError),
@@ -94,6 +97,7 @@ impl DeviceError {
             DeviceError::UnknownDevice(_) => "unknown_device",
             DeviceError::UnknownEntity { .. } => "unknown_entity",
             DeviceError::NotGpio { .. } => "not_gpio",
+            DeviceError::NoRuntime => "no_runtime",
             DeviceError::Command(e) => e.label(),
             DeviceError::Gpio(_) => "gpio",
         }
@@ -107,6 +111,8 @@ struct Output {
     on: bool,
     /// Lights: the brightness, kept while off; 255 until set.
     brightness: u8,
+    /// Buttons: presses so far, so that only the latest press's timer ends the pulse.
+    presses: u64,
 }
 
 /// The GPIO devices of a node; cheap to clone.
@@ -117,6 +123,8 @@ pub struct GpioDevices {
 
 struct Inner {
     gpio: Arc<dyn Gpio>,
+    /// Where button pulses are timed.
+    runtime: tokio::runtime::Handle,
     /// Outputs by (device, entity).
     outputs: Mutex<HashMap<(String, String), Output>>,
     /// Every (device, entity) and its kind, for refusing commands to inputs.
@@ -126,13 +134,15 @@ struct Inner {
 
 impl GpioDevices {
     /// Sets every output to its safe state, starts watching every input (on the current
-    /// tokio runtime; the watcher ends when the backend drops the inputs' channels, or with
-    /// the runtime), and sends every entity's initial state on `updates`.
+    /// tokio runtime, [`DeviceError::NoRuntime`] without one; the watcher ends when the
+    /// backend drops the inputs' channels, or with the runtime), and sends every entity's
+    /// initial state on `updates`.
     pub fn start(
         devices: &[DeviceSpec],
         gpio: Arc<dyn Gpio>,
         updates: UnboundedSender<Update>,
     ) -> Result<GpioDevices, DeviceError> {
+        let runtime = runtime()?;
         let mut outputs = HashMap::new();
         let mut kinds = HashMap::new();
         let mut inputs = Vec::new();
@@ -147,6 +157,7 @@ impl GpioDevices {
                             spec: entity.clone(),
                             on: entity.safe_on && entity.kind != Kind::Button,
                             brightness: u8::MAX,
+                            presses: 0,
                         };
                         drive(gpio.as_ref(), &output)?;
                         let _ = updates.send(Update {
@@ -184,11 +195,12 @@ impl GpioDevices {
         }
         drop(edges_tx);
         if !inputs.is_empty() {
-            tokio::spawn(watch_inputs(inputs, edges_rx, updates.clone()));
+            runtime.spawn(watch_inputs(inputs, edges_rx, updates.clone()));
         }
         Ok(GpioDevices {
             inner: Arc::new(Inner {
                 gpio,
+                runtime,
                 outputs: Mutex::new(outputs),
                 kinds,
                 updates,
@@ -229,49 +241,54 @@ impl GpioDevices {
             match command {
                 Command::Set(on) => next.on = on,
                 Command::Toggle => next.on = !next.on,
+                // Brightness 0 is off; the level to come back on at is kept.
+                Command::Light {
+                    brightness: Some(0),
+                    ..
+                } => next.on = false,
                 Command::Light { on, brightness } => {
                     if let Some(b) = brightness {
                         next.brightness = b;
                     }
-                    next.on = on.unwrap_or(brightness.is_some_and(|b| b > 0) || next.on);
+                    next.on = on.unwrap_or(brightness.is_some() || next.on);
                 }
-                Command::Press => next.on = true,
+                Command::Press => {
+                    next.on = true;
+                    next.presses = next.presses.wrapping_add(1);
+                }
             }
             drive(self.inner.gpio.as_ref(), &next)?;
             *output = next;
-            let pulse = (kind == Kind::Button).then_some(output.spec.pulse);
-            (state_of(output), pulse)
+            let state = state_of(output);
+            // Sent under the lock, so that updates go out in the order the pins changed.
+            self.send(device, entity, state);
+            let pulse = (kind == Kind::Button).then_some((output.spec.pulse, output.presses));
+            (state, pulse)
         };
-        self.send(device, entity, state);
-        if let Some(pulse) = pulse {
+        if let Some((pulse, press)) = pulse {
             let devices = self.clone();
             let (device, entity) = key;
-            tokio::spawn(async move {
+            self.inner.runtime.spawn(async move {
                 tokio::time::sleep(pulse).await;
-                devices.release(&device, &entity);
+                devices.release(&device, &entity, press);
             });
         }
         Ok(state)
     }
 
-    /// Ends a button's pulse.
-    fn release(&self, device: &str, entity: &str) {
-        let released = {
-            let mut outputs = self.outputs();
-            let Some(output) = outputs.get_mut(&(device.to_owned(), entity.to_owned())) else {
-                return;
-            };
-            output.on = false;
-            match drive(self.inner.gpio.as_ref(), output) {
-                Ok(()) => Some(state_of(output)),
-                Err(e) => {
-                    tracing::warn!(device, entity, error = %e, "could not end a button's pulse");
-                    None
-                }
-            }
+    /// Ends the pulse of a button's press number `press`; a later press has its own.
+    fn release(&self, device: &str, entity: &str, press: u64) {
+        let mut outputs = self.outputs();
+        let Some(output) = outputs.get_mut(&(device.to_owned(), entity.to_owned())) else {
+            return;
         };
-        if let Some(state) = released {
-            self.send(device, entity, state);
+        if output.presses != press {
+            return;
+        }
+        output.on = false;
+        match drive(self.inner.gpio.as_ref(), output) {
+            Ok(()) => self.send(device, entity, state_of(output)),
+            Err(e) => tracing::warn!(device, entity, error = %e, "could not end a button's pulse"),
         }
     }
 
@@ -279,21 +296,15 @@ impl GpioDevices {
     /// trying them all.
     pub fn safe_state(&self) -> Result<(), DeviceError> {
         let mut first = None;
-        let mut changed = Vec::new();
-        {
-            let mut outputs = self.outputs();
-            for ((device, entity), output) in outputs.iter_mut() {
-                output.on = output.spec.safe_on && output.spec.kind != Kind::Button;
-                match drive(self.inner.gpio.as_ref(), output) {
-                    Ok(()) => changed.push((device.clone(), entity.clone(), state_of(output))),
-                    Err(e) => {
-                        first.get_or_insert(e);
-                    }
+        let mut outputs = self.outputs();
+        for ((device, entity), output) in outputs.iter_mut() {
+            output.on = output.spec.safe_on && output.spec.kind != Kind::Button;
+            match drive(self.inner.gpio.as_ref(), output) {
+                Ok(()) => self.send(device, entity, state_of(output)),
+                Err(e) => {
+                    first.get_or_insert(e);
                 }
             }
-        }
-        for (device, entity, state) in changed {
-            self.send(&device, &entity, state);
         }
         first.map_or(Ok(()), |e| Err(e.into()))
     }
@@ -305,6 +316,11 @@ impl GpioDevices {
             state,
         });
     }
+}
+
+/// The tokio runtime the devices' tasks run on (serial devices' too).
+pub(crate) fn runtime() -> Result<tokio::runtime::Handle, DeviceError> {
+    tokio::runtime::Handle::try_current().map_err(|_| DeviceError::NoRuntime)
 }
 
 /// Sets an output's pin to what it holds (inverted if so configured).
@@ -468,6 +484,13 @@ mod tests {
             .command("porch", "lamp", br#"{"state":"ON","brightness":51}"#)
             .unwrap();
         assert_eq!(sim.duty(18), Some(0.2));
+        // Brightness 0 is off, and ON comes back at the level before.
+        devices
+            .command("porch", "lamp", br#"{"brightness":0}"#)
+            .unwrap();
+        assert_eq!(sim.duty(18), Some(0.0));
+        devices.command("porch", "lamp", b"ON").unwrap();
+        assert_eq!(sim.duty(18), Some(0.2));
 
         let refused = [
             devices
@@ -501,6 +524,19 @@ mod tests {
         assert_eq!(sim.level(5), Some(true));
         assert_eq!(rx.recv().await.unwrap().state, State::OnOff(true));
         assert_eq!(rx.recv().await.unwrap().state, State::OnOff(false));
+        assert_eq!(sim.level(5), Some(false));
+
+        // A second press during the first one's pulse gets its whole pulse.
+        devices.command("porch", "bell", b"PRESS").unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        devices.command("porch", "bell", b"PRESS").unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert_eq!(
+            sim.level(5),
+            Some(true),
+            "the first press's timer ended the second pulse"
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
         assert_eq!(sim.level(5), Some(false));
     }
 

@@ -266,20 +266,24 @@ impl RppalGpio {
         self.pins.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs `f` on `pin` as an output, making it one on first use.
+    /// Runs `f` on `pin` as an output, making it one on first use at level `first` (rppal's
+    /// plain `into_output` would keep whatever level the pin had, and an active-low relay
+    /// could click on for an instant).
     fn with_output(
         &self,
         pin: u8,
+        first: bool,
         f: impl FnOnce(&mut rppal::gpio::OutputPin) -> Result<(), rppal::gpio::Error>,
     ) -> Result<(), GpioError> {
         let pin_err = |reason: String| GpioError::Pin { pin, reason };
         let mut pins = self.pins();
         if let std::collections::hash_map::Entry::Vacant(slot) = pins.entry(pin) {
-            let output = self
-                .gpio
-                .get(pin)
-                .map_err(|e| pin_err(e.to_string()))?
-                .into_output();
+            let raw = self.gpio.get(pin).map_err(|e| pin_err(e.to_string()))?;
+            let output = if first {
+                raw.into_output_high()
+            } else {
+                raw.into_output_low()
+            };
             slot.insert(RppalPin::Output(output));
         }
         match pins.get_mut(&pin) {
@@ -295,7 +299,7 @@ impl Gpio for RppalGpio {
     }
 
     fn output(&self, pin: u8, high: bool) -> Result<(), GpioError> {
-        self.with_output(pin, |output| {
+        self.with_output(pin, high, |output| {
             output.clear_pwm()?;
             if high {
                 output.set_high();
@@ -307,7 +311,7 @@ impl Gpio for RppalGpio {
     }
 
     fn pwm(&self, pin: u8, duty: f64) -> Result<(), GpioError> {
-        self.with_output(pin, |output| {
+        self.with_output(pin, false, |output| {
             output.set_pwm_frequency(PWM_HZ, duty.clamp(0.0, 1.0))
         })
     }

@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tokio_util::codec::{Encoder, FramedRead};
+use tokio_util::codec::{Decoder, Encoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::Malformed;
@@ -22,6 +22,12 @@ use crate::jsonl::{self, DeviceMessage, NodeMessage, Value};
 /// Reopening a port: the first wait, and the cap it doubles up to.
 const REOPEN_MIN: Duration = Duration::from_millis(100);
 const REOPEN_MAX: Duration = Duration::from_secs(5);
+/// How long a write may wait for the device to read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a Firmata board samples its analog inputs (StandardFirmata's default is 19 ms).
+const SAMPLING: Duration = Duration::from_millis(500);
+/// How many times one link asks a board that reset on open for its setup again.
+const SETUP_ASKS: u8 = 3;
 
 /// The protocol a port speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,27 +95,30 @@ pub struct SerialDevice {
 }
 
 impl SerialDevice {
-    /// Starts the device's task on the current tokio runtime; it runs until `token` is
-    /// cancelled, opening `spec.port` with `open` (a real port, or a test's pseudo-terminal).
+    /// Starts the device's task on the current tokio runtime ([`DeviceError::NoRuntime`]
+    /// without one); it runs until `token` is cancelled, opening `spec.port` with `open` (a
+    /// real port, or a test's pseudo-terminal).
     pub fn start<P, O>(
         spec: SerialSpec,
         open: O,
         events: mpsc::UnboundedSender<Event>,
         token: CancellationToken,
-    ) -> SerialDevice
+    ) -> Result<SerialDevice, DeviceError>
     where
         P: AsyncRead + AsyncWrite + Send + 'static,
         O: Fn(&str, u32) -> std::io::Result<P> + Send + 'static,
     {
+        let runtime = crate::device::runtime()?;
         let (tx, rx) = mpsc::channel(64);
         let spec = std::sync::Arc::new(spec);
-        tokio::spawn(run(spec.clone(), open, events, rx, token));
-        SerialDevice { spec, commands: tx }
+        runtime.spawn(run(spec.clone(), open, events, rx, token));
+        Ok(SerialDevice { spec, commands: tx })
     }
 
     /// Checks `payload` as a command for `entity` and queues it for the device. Fails when the
-    /// entity is unknown or the payload does not fit; a device that is unplugged drops it
-    /// (its state stays what the device last said).
+    /// entity is unknown or the payload does not fit. A device that is unplugged drops it
+    /// with a log line (its state stays what the device last said); it is not replayed when
+    /// the device comes back.
     pub fn command(&self, entity: &str, payload: &[u8]) -> Result<(), DeviceError> {
         let Some(spec) = self.spec.entities.iter().find(|e| e.id == entity) else {
             return Err(DeviceError::UnknownEntity {
@@ -119,7 +128,7 @@ impl SerialDevice {
         };
         let command = parse_command(spec.kind, payload)?;
         // A full queue means the device is not keeping up; the command is dropped like one
-        // sent while it is unplugged.
+        // sent while it is unplugged (logged by the task).
         let _ = self.commands.try_send((entity.to_owned(), command));
         Ok(())
     }
@@ -141,17 +150,21 @@ async fn run<P, O>(
     loop {
         match open(&spec.port, spec.baud) {
             Ok(port) => {
-                wait = REOPEN_MIN;
                 last_error.clear();
                 tracing::info!(device = %spec.id, port = %spec.port, "serial device connected");
                 let _ = events.send(Event::Available {
                     device: spec.id.clone(),
                     online: true,
                 });
-                let ended = tokio::select! {
+                let (ended, heard) = tokio::select! {
                     () = token.cancelled() => return,
                     ended = serve(&spec, port, &events, &mut commands) => ended,
                 };
+                // Only a link that carried a frame resets the backoff: a port that opens and
+                // fails at once (a device stuck in its bootloader) must not flap every 100 ms.
+                if heard {
+                    wait = REOPEN_MIN;
+                }
                 tracing::warn!(device = %spec.id, port = %spec.port, reason = %ended, "serial device lost; reopening");
                 let _ = events.send(Event::Available {
                     device: spec.id.clone(),
@@ -166,99 +179,128 @@ async fn run<P, O>(
                 }
             }
         }
-        tokio::select! {
-            () = token.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
+        let retry = tokio::time::sleep(wait);
+        tokio::pin!(retry);
+        loop {
+            tokio::select! {
+                () = token.cancelled() => return,
+                () = &mut retry => break,
+                // Commands for a device that is away are dropped, not replayed when it is back
+                // (a door opener pressed five times while unplugged must not fire five times).
+                command = commands.recv() => match command {
+                    Some((entity, _)) => tracing::info!(device = %spec.id, %entity, "command dropped: the device is unavailable"),
+                    None => return,
+                },
+            }
         }
         wait = (wait * 2).min(REOPEN_MAX);
     }
 }
 
-/// Talks to an open port until it fails; returns why.
+/// Writes `bytes` to the device within [`WRITE_TIMEOUT`].
+async fn send<W: AsyncWrite + Unpin>(write: &mut W, bytes: &[u8]) -> Result<(), String> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    match tokio::time::timeout(WRITE_TIMEOUT, write.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the device stopped reading".into()),
+    }
+}
+
+/// Talks to an open port until it fails; returns why, and whether any frame arrived.
 async fn serve<P: AsyncRead + AsyncWrite>(
     spec: &SerialSpec,
     port: P,
     events: &mpsc::UnboundedSender<Event>,
     commands: &mut mpsc::Receiver<(String, Command)>,
-) -> String {
+) -> (String, bool) {
     let (read, mut write) = tokio::io::split(port);
     let mut link = Link::new(spec);
-    let hello = link.hello();
-    if let Err(e) = write.write_all(&hello).await {
-        return e.to_string();
+    if let Err(e) = send(&mut write, &link.hello()).await {
+        return (e, false);
     }
-    match spec.protocol {
-        Protocol::JsonLines => {
-            let mut frames = FramedRead::new(read, jsonl::NodeSide::default());
-            loop {
-                tokio::select! {
-                    frame = frames.next() => match frame {
-                        Some(Ok(Ok(message))) => link.on_json(message, events),
-                        Some(Ok(Err(error))) => link.malformed(error, events),
-                        Some(Err(e)) => return e.to_string(),
-                        None => return "the port closed".into(),
-                    },
-                    command = commands.recv() => {
-                        let Some((entity, command)) = command else { return "stopped".into() };
-                        let bytes = link.command_bytes(&entity, command, events);
-                        if let Err(e) = write.write_all(&bytes).await {
-                            return e.to_string();
-                        }
-                    }
-                }
+    let mut heard = false;
+    let codec = match spec.protocol {
+        Protocol::JsonLines => NodeCodec::Json(jsonl::NodeSide::default()),
+        Protocol::Firmata => NodeCodec::Board(firmata::HostSide::default()),
+    };
+    let mut frames = FramedRead::new(read, codec);
+    // Buttons pressed on a Firmata board and when their pulse ends (a board has no timer).
+    let mut releases: Vec<(String, tokio::time::Instant)> = Vec::new();
+    loop {
+        let next_release = releases.iter().map(|(_, at)| *at).min();
+        let release = async {
+            match next_release {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
             }
-        }
-        Protocol::Firmata => {
-            let mut frames = FramedRead::new(read, firmata::HostSide::default());
-            // Buttons pressed and when their pulse ends (a board has no timer of its own).
-            let mut releases: Vec<(String, tokio::time::Instant)> = Vec::new();
-            loop {
-                let next_release = releases.iter().map(|(_, at)| *at).min();
-                let release = async {
-                    match next_release {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                };
-                let reply = tokio::select! {
-                    () = release => {
-                        let now = tokio::time::Instant::now();
-                        let due: Vec<String> = releases
-                            .iter()
-                            .filter(|(_, at)| *at <= now)
-                            .map(|(entity, _)| entity.clone())
-                            .collect();
-                        releases.retain(|(_, at)| *at > now);
-                        let mut out = BytesMut::new();
-                        for entity in due {
-                            out.extend_from_slice(&link.command_bytes(&entity, Command::Set(false), events));
-                        }
-                        out
-                    }
-                    frame = frames.next() => match frame {
-                        Some(Ok(Ok(message))) => link.on_board(message, events),
-                        Some(Ok(Err(error))) => {
-                            link.malformed(error, events);
-                            BytesMut::new()
-                        }
-                        Some(Err(e)) => return e.to_string(),
-                        None => return "the port closed".into(),
-                    },
-                    command = commands.recv() => {
-                        let Some((entity, command)) = command else { return "stopped".into() };
-                        if let (Command::Press, Some(spec)) = (command, link.entity(&entity)) {
-                            releases.push((entity.clone(), tokio::time::Instant::now() + spec.pulse));
-                        }
-                        link.command_bytes(&entity, command, events)
-                    }
-                };
-                if !reply.is_empty() {
-                    if let Err(e) = write.write_all(&reply).await {
-                        return e.to_string();
-                    }
+        };
+        let reply = tokio::select! {
+            () = release => {
+                let now = tokio::time::Instant::now();
+                let mut out = BytesMut::new();
+                let (due, later): (Vec<_>, Vec<_>) = releases.drain(..).partition(|(_, at)| *at <= now);
+                releases = later;
+                for (entity, _) in due {
+                    out.extend_from_slice(&link.command_bytes(&entity, Command::Set(false), events));
                 }
+                out
             }
+            frame = frames.next() => match frame {
+                Some(Ok(Ok(Frame::Json(message)))) => {
+                    heard = true;
+                    link.on_json(message, events)
+                }
+                Some(Ok(Ok(Frame::Board(message)))) => {
+                    heard = true;
+                    link.on_board(message, events)
+                }
+                Some(Ok(Err(error))) => {
+                    link.malformed(error, events);
+                    BytesMut::new()
+                }
+                Some(Err(e)) => return (e.to_string(), heard),
+                None => return ("the port closed".into(), heard),
+            },
+            command = commands.recv() => {
+                let Some((entity, command)) = command else { return ("stopped".into(), heard) };
+                if let (Command::Press, Protocol::Firmata, Some(spec)) = (command, spec.protocol, link.entity(&entity)) {
+                    // A new press restarts the pulse rather than ending early on the old timer.
+                    releases.retain(|(e, _)| *e != entity);
+                    releases.push((entity.clone(), tokio::time::Instant::now() + spec.pulse));
+                }
+                link.command_bytes(&entity, command, events)
+            }
+        };
+        if let Err(e) = send(&mut write, &reply).await {
+            return (e, heard);
         }
+    }
+}
+
+/// A decoded frame of either protocol.
+enum Frame {
+    Json(DeviceMessage),
+    Board(FromBoard),
+}
+
+/// The node's side of either protocol, as one decoder.
+enum NodeCodec {
+    Json(jsonl::NodeSide),
+    Board(firmata::HostSide),
+}
+
+impl Decoder for NodeCodec {
+    type Item = Result<Frame, Malformed>;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Self::Item>, Self::Error> {
+        Ok(match self {
+            NodeCodec::Json(codec) => codec.decode(buf)?.map(|item| item.map(Frame::Json)),
+            NodeCodec::Board(codec) => codec.decode(buf)?.map(|item| item.map(Frame::Board)),
+        })
     }
 }
 
@@ -267,7 +309,17 @@ struct Link<'a> {
     spec: &'a SerialSpec,
     /// Last state per entity, for toggles and lights.
     states: HashMap<String, State>,
-    /// Firmata: analog channel → pin, from the board's mapping.
+    /// Lights: the last brightness above 0, what `ON` turns a light back on at.
+    levels: HashMap<String, u8>,
+    /// JSON: whether the device was asked again after a `hello` that came before any state.
+    asked_again: bool,
+    /// Firmata: whether the capabilities arrived and the pins are set up.
+    set_up: bool,
+    /// Firmata: how many times this link asked for the setup.
+    asks: u8,
+    /// Firmata: the entities whose pin was set up, with a PWM pin's full-scale value.
+    ready: HashMap<String, u32>,
+    /// Firmata: analog channel -> pin, from the board's mapping.
     analog_pins: HashMap<u8, u8>,
     /// Firmata: the last level of each digital port's pins.
     ports: HashMap<u8, u8>,
@@ -278,6 +330,11 @@ impl<'a> Link<'a> {
         Link {
             spec,
             states: HashMap::new(),
+            levels: HashMap::new(),
+            asked_again: false,
+            set_up: false,
+            asks: 0,
+            ready: HashMap::new(),
             analog_pins: HashMap::new(),
             ports: HashMap::new(),
         }
@@ -285,13 +342,14 @@ impl<'a> Link<'a> {
 
     /// What the node says first: a query (JSON), or the firmware, capability and analog
     /// mapping queries (Firmata), whose answers set the pins up.
-    fn hello(&self) -> BytesMut {
+    fn hello(&mut self) -> BytesMut {
         let mut out = BytesMut::new();
         match self.spec.protocol {
             Protocol::JsonLines => {
                 let _ = jsonl::NodeSide::default().encode(&NodeMessage::Query, &mut out);
             }
             Protocol::Firmata => {
+                self.asks += 1;
                 let mut codec = firmata::HostSide::default();
                 for query in [
                     ToBoard::QueryFirmware,
@@ -310,6 +368,11 @@ impl<'a> Link<'a> {
     }
 
     fn send(&mut self, entity: &str, state: State, events: &mpsc::UnboundedSender<Event>) {
+        if let State::Light { brightness, .. } = state {
+            if brightness > 0 {
+                self.levels.insert(entity.to_owned(), brightness);
+            }
+        }
         self.states.insert(entity.to_owned(), state);
         let _ = events.send(Event::State(Update {
             device: self.spec.id.clone(),
@@ -325,11 +388,20 @@ impl<'a> Link<'a> {
         });
     }
 
-    /// A message of a JSON device.
-    fn on_json(&mut self, message: DeviceMessage, events: &mpsc::UnboundedSender<Event>) {
+    /// A message of a JSON device; returns what to send back.
+    fn on_json(
+        &mut self,
+        message: DeviceMessage,
+        events: &mpsc::UnboundedSender<Event>,
+    ) -> BytesMut {
         match message {
             DeviceMessage::Hello { firmware } => {
                 tracing::info!(device = %self.spec.id, %firmware, "serial device says hello");
+                // A board that resets when its port opens misses the first query; a hello
+                // before any state is that reset: ask once more.
+                if self.states.is_empty() && !std::mem::replace(&mut self.asked_again, true) {
+                    return self.hello();
+                }
             }
             DeviceMessage::Error { message } => {
                 tracing::warn!(device = %self.spec.id, %message, "serial device reports an error");
@@ -337,16 +409,20 @@ impl<'a> Link<'a> {
             DeviceMessage::State { channel, value } => {
                 let Some(entity) = self.entity(&channel) else {
                     tracing::debug!(device = %self.spec.id, %channel, "state of a channel not in the config");
-                    return;
+                    return BytesMut::new();
                 };
                 let state = match (entity.kind, value) {
-                    (Kind::Light, Value::Number(n)) => State::Light {
-                        on: n > 0.0,
-                        brightness: n.clamp(0.0, 255.0) as u8,
+                    (Kind::Light, Value::Number(n)) if n > 0.0 => State::Light {
+                        on: true,
+                        brightness: n.clamp(1.0, 255.0) as u8,
+                    },
+                    (Kind::Light, Value::Number(_)) => State::Light {
+                        on: false,
+                        brightness: self.level(&entity.id),
                     },
                     (Kind::Light, Value::Bool(on)) => State::Light {
                         on,
-                        brightness: self.brightness(&entity.id),
+                        brightness: self.level(&entity.id),
                     },
                     (Kind::Sensor, Value::Number(n)) => State::Number(n),
                     (_, Value::Bool(on)) => State::OnOff(on),
@@ -355,13 +431,12 @@ impl<'a> Link<'a> {
                 self.send(&entity.id, state, events);
             }
         }
+        BytesMut::new()
     }
 
-    fn brightness(&self, entity: &str) -> u8 {
-        match self.states.get(entity) {
-            Some(State::Light { brightness, .. }) => *brightness,
-            _ => u8::MAX,
-        }
+    /// A light's level to turn on at: its last above 0, or full.
+    fn level(&self, entity: &str) -> u8 {
+        self.levels.get(entity).copied().unwrap_or(u8::MAX)
     }
 
     fn is_on(&self, entity: &str) -> bool {
@@ -378,39 +453,19 @@ impl<'a> Link<'a> {
         match message {
             FromBoard::Firmware { name, major, minor } => {
                 tracing::info!(device = %self.spec.id, firmware = %name, major, minor, "Firmata board says hello");
-            }
-            FromBoard::Capabilities(pins) => {
-                for entity in &self.spec.entities {
-                    let wanted = match entity.kind {
-                        Kind::Switch | Kind::Button => mode::OUTPUT,
-                        Kind::Light => mode::PWM,
-                        Kind::BinarySensor => mode::INPUT,
-                        Kind::Sensor => mode::ANALOG,
-                    };
-                    let supported = pins
-                        .get(usize::from(entity.pin))
-                        .is_some_and(|modes| modes.iter().any(|(m, _)| *m == wanted));
-                    if !supported {
-                        tracing::warn!(device = %self.spec.id, entity = %entity.id, pin = entity.pin, kind = entity.kind.as_str(), "the board's pin cannot do this; entity left unset");
-                        continue;
-                    }
-                    let _ = codec.encode(
-                        &ToBoard::SetPinMode {
-                            pin: entity.pin,
-                            mode: wanted,
-                        },
-                        &mut out,
-                    );
-                    if entity.kind == Kind::BinarySensor {
-                        let _ = codec.encode(
-                            &ToBoard::ReportDigital {
-                                port: entity.pin / 8,
-                                enable: true,
-                            },
-                            &mut out,
-                        );
+                // StandardFirmata announces itself after a reset, and a reset on open eats
+                // the queries sent before it: ask for the setup again (not for the firmware,
+                // which would answer with this report once more).
+                if !self.set_up && self.asks < SETUP_ASKS {
+                    self.asks += 1;
+                    for query in [ToBoard::QueryCapabilities, ToBoard::QueryAnalogMapping] {
+                        let _ = codec.encode(&query, &mut out);
                     }
                 }
+            }
+            FromBoard::Capabilities(pins) if !self.set_up => self.set_up(&pins, &mut out, events),
+            FromBoard::Capabilities(_) => {
+                tracing::debug!(device = %self.spec.id, "capabilities again; the pins are already set up");
             }
             FromBoard::AnalogMapping(pins) => {
                 self.analog_pins = pins
@@ -451,13 +506,18 @@ impl<'a> Link<'a> {
                 let Some(&pin) = self.analog_pins.get(&channel) else {
                     return out;
                 };
-                if let Some(entity) = self
+                let Some(entity) = self
                     .spec
                     .entities
                     .iter()
                     .find(|e| e.kind == Kind::Sensor && e.pin == pin)
-                {
-                    self.send(&entity.id, State::Number(f64::from(value)), events);
+                else {
+                    return out;
+                };
+                // A board reports every sample; only a new value is news.
+                let state = State::Number(f64::from(value));
+                if self.states.get(&entity.id) != Some(&state) {
+                    self.send(&entity.id, state, events);
                 }
             }
             FromBoard::Text(text) => {
@@ -470,8 +530,92 @@ impl<'a> Link<'a> {
         out
     }
 
-    /// A command as bytes for the device; outputs report their new state at once (Firmata
-    /// boards do not echo outputs; JSON devices confirm with `state`, which follows).
+    /// Sets every entity's pin up from the board's capabilities: its mode, reporting for
+    /// inputs, and outputs driven off (and reported off: setting a pin's mode drives it low).
+    fn set_up(
+        &mut self,
+        pins: &[Vec<(u8, u8)>],
+        out: &mut BytesMut,
+        events: &mpsc::UnboundedSender<Event>,
+    ) {
+        let mut codec = firmata::HostSide::default();
+        self.set_up = true;
+        self.ready.clear();
+        let _ = codec.encode(
+            &ToBoard::SamplingInterval {
+                ms: u16::try_from(SAMPLING.as_millis()).unwrap_or(u16::MAX),
+            },
+            out,
+        );
+        for entity in &self.spec.entities {
+            let wanted = match entity.kind {
+                Kind::Switch | Kind::Button => mode::OUTPUT,
+                Kind::Light => mode::PWM,
+                Kind::BinarySensor => mode::INPUT,
+                Kind::Sensor => mode::ANALOG,
+            };
+            let resolution = pins
+                .get(usize::from(entity.pin))
+                .and_then(|modes| modes.iter().find(|(m, _)| *m == wanted))
+                .map(|(_, resolution)| *resolution);
+            let Some(resolution) = resolution else {
+                tracing::warn!(device = %self.spec.id, entity = %entity.id, pin = entity.pin, kind = entity.kind.as_str(), "the board's pin cannot do this; the entity is left out");
+                continue;
+            };
+            let full_scale = (1u32 << resolution.clamp(1, 16)) - 1;
+            self.ready.insert(entity.id.clone(), full_scale);
+            let _ = codec.encode(
+                &ToBoard::SetPinMode {
+                    pin: entity.pin,
+                    mode: wanted,
+                },
+                out,
+            );
+            match entity.kind {
+                Kind::BinarySensor => {
+                    let _ = codec.encode(
+                        &ToBoard::ReportDigital {
+                            port: entity.pin / 8,
+                            enable: true,
+                        },
+                        out,
+                    );
+                }
+                Kind::Switch | Kind::Button => {
+                    let _ = codec.encode(
+                        &ToBoard::SetDigital {
+                            pin: entity.pin,
+                            high: false,
+                        },
+                        out,
+                    );
+                    self.send(&entity.id, State::OnOff(false), events);
+                }
+                Kind::Light => {
+                    let _ = codec.encode(
+                        &ToBoard::AnalogWrite {
+                            pin: entity.pin,
+                            value: 0,
+                        },
+                        out,
+                    );
+                    let brightness = self.level(&entity.id);
+                    self.send(
+                        &entity.id,
+                        State::Light {
+                            on: false,
+                            brightness,
+                        },
+                        events,
+                    );
+                }
+                Kind::Sensor => {}
+            }
+        }
+    }
+
+    /// A command as bytes for the device; Firmata outputs report their new state at once
+    /// (a board does not echo outputs; a JSON device confirms with `state`, which follows).
     fn command_bytes(
         &mut self,
         entity: &str,
@@ -485,8 +629,12 @@ impl<'a> Link<'a> {
         let on = match command {
             Command::Set(on) => on,
             Command::Toggle => !self.is_on(entity),
+            Command::Light {
+                brightness: Some(0),
+                ..
+            } => false,
             Command::Light { on, brightness } => {
-                on.unwrap_or(brightness.is_some_and(|b| b > 0) || self.is_on(entity))
+                on.unwrap_or(brightness.is_some() || self.is_on(entity))
             }
             Command::Press => true,
         };
@@ -494,8 +642,8 @@ impl<'a> Link<'a> {
             Command::Light {
                 brightness: Some(b),
                 ..
-            } => b,
-            _ => self.brightness(entity),
+            } if b > 0 => b,
+            _ => self.level(entity),
         };
         match self.spec.protocol {
             Protocol::JsonLines => {
@@ -516,11 +664,19 @@ impl<'a> Link<'a> {
                 let _ = jsonl::NodeSide::default().encode(&message, &mut out);
             }
             Protocol::Firmata => {
+                let Some(&full_scale) = self.ready.get(entity) else {
+                    tracing::warn!(device = %self.spec.id, %entity, "command dropped: the entity's pin is not set up on the board");
+                    return out;
+                };
                 let mut codec = firmata::HostSide::default();
                 let frame = match spec.kind {
                     Kind::Light => ToBoard::AnalogWrite {
                         pin: spec.pin,
-                        value: if on { u32::from(brightness) } else { 0 },
+                        value: if on {
+                            u32::from(brightness) * full_scale / 255
+                        } else {
+                            0
+                        },
                     },
                     _ => ToBoard::SetDigital {
                         pin: spec.pin,

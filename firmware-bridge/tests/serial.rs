@@ -138,17 +138,21 @@ async fn a_json_device_reports_obeys_and_survives_unplugging() {
         plug.opener(),
         tx,
         token.clone(),
-    );
+    )
+    .expect("started on the test's runtime");
     let mut emu = JsonEmulator::new(first);
     assert_eq!(
         availability(&next(&mut events, |e| availability(e).is_some()).await),
         Some(true)
     );
     assert_eq!(emu.read().await, NodeMessage::Query);
+    // A hello before any state is a board that reset when its port opened, and missed the
+    // query: it is asked again.
     emu.say(DeviceMessage::Hello {
         firmware: "garden 1".into(),
     })
     .await;
+    assert_eq!(emu.read().await, NodeMessage::Query);
     emu.say(DeviceMessage::State {
         channel: "soil".into(),
         value: Value::Number(41.5),
@@ -209,6 +213,8 @@ async fn a_json_device_reports_obeys_and_survives_unplugging() {
         availability(&next(&mut events, |e| availability(e).is_some()).await),
         Some(false)
     );
+    // A command while it is away is dropped, not replayed when it is back.
+    device.command("pump", b"OFF").expect("a valid command");
     let second = plug.plug();
     assert_eq!(
         availability(&next(&mut events, |e| availability(e).is_some()).await),
@@ -216,6 +222,14 @@ async fn a_json_device_reports_obeys_and_survives_unplugging() {
     );
     let mut emu = JsonEmulator::new(second);
     assert_eq!(emu.read().await, NodeMessage::Query);
+    device.command("pump", b"ON").expect("a valid command");
+    assert_eq!(
+        emu.read().await,
+        NodeMessage::Set {
+            channel: "pump".into(),
+            value: Value::Bool(true)
+        }
+    );
     token.cancel();
 }
 
@@ -265,7 +279,8 @@ async fn a_firmata_board_is_set_up_from_its_capabilities_and_driven() {
         plug.opener(),
         tx,
         token.clone(),
-    );
+    )
+    .expect("started on the test's runtime");
     let (read, mut write) = tokio::io::split(port);
     let mut frames = FramedRead::new(read, firmata::BoardSide::default());
     assert_eq!(read_frame(&mut frames).await, ToBoard::QueryFirmware);
@@ -289,16 +304,25 @@ async fn a_firmata_board_is_set_up_from_its_capabilities_and_driven() {
     hello.extend_from_slice(&board_says(FromBoard::AnalogMapping(mapping)));
     write.write_all(&hello).await.expect("written");
 
+    // The firmware report (also what a board sends by itself after a reset on open) makes
+    // the node ask for the setup once more; then the pins are set up from the capabilities.
     let mut setup = Vec::new();
-    for _ in 0..7 {
+    for _ in 0..13 {
         setup.push(read_frame(&mut frames).await);
     }
     assert_eq!(
         setup,
         vec![
+            ToBoard::QueryCapabilities,
+            ToBoard::QueryAnalogMapping,
+            ToBoard::SamplingInterval { ms: 500 },
             ToBoard::SetPinMode {
                 pin: 13,
                 mode: mode::OUTPUT
+            },
+            ToBoard::SetDigital {
+                pin: 13,
+                high: false
             },
             ToBoard::SetPinMode {
                 pin: 2,
@@ -312,6 +336,7 @@ async fn a_firmata_board_is_set_up_from_its_capabilities_and_driven() {
                 pin: 9,
                 mode: mode::PWM
             },
+            ToBoard::AnalogWrite { pin: 9, value: 0 },
             ToBoard::SetPinMode {
                 pin: 14,
                 mode: mode::ANALOG
@@ -320,11 +345,23 @@ async fn a_firmata_board_is_set_up_from_its_capabilities_and_driven() {
                 pin: 7,
                 mode: mode::OUTPUT
             },
+            ToBoard::SetDigital {
+                pin: 7,
+                high: false
+            },
             ToBoard::ReportAnalog {
                 channel: 0,
                 enable: true
             },
         ]
+    );
+    // Outputs are reported off once set up (setting a pin's mode drives it low).
+    assert_eq!(
+        state_of(
+            &next(&mut events, |e| state_of(e, "relay").is_some()).await,
+            "relay"
+        ),
+        Some(State::OnOff(false))
     );
 
     let mut readings = board_says(FromBoard::DigitalPort {
@@ -383,5 +420,15 @@ async fn a_firmata_board_is_set_up_from_its_capabilities_and_driven() {
     })
     .await;
     assert_eq!(state_of(&bell, "bell"), Some(State::OnOff(false)));
+    // The entity whose pin could not be set up gets nothing: the next frame is the relay's.
+    device.command("bad", b"ON").expect("a valid command");
+    device.command("relay", b"OFF").expect("valid");
+    assert_eq!(
+        read_frame(&mut frames).await,
+        ToBoard::SetDigital {
+            pin: 13,
+            high: false
+        }
+    );
     token.cancel();
 }
