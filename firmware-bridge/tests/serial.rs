@@ -55,6 +55,35 @@ fn entity(id: &str, kind: Kind, pin: u8) -> SerialEntity {
     }
 }
 
+/// Starts a device on the plug's ports with `entities`; returns it, its events and the token
+/// that stops it.
+fn start(
+    plug: &Plug,
+    protocol: Protocol,
+    entities: Vec<SerialEntity>,
+) -> (
+    SerialDevice,
+    mpsc::UnboundedReceiver<Event>,
+    CancellationToken,
+) {
+    let (tx, events) = mpsc::unbounded_channel();
+    let token = CancellationToken::new();
+    let device = SerialDevice::start(
+        SerialSpec {
+            id: "board".into(),
+            port: "/dev/ttyACM0".into(),
+            baud: 115_200,
+            protocol,
+            entities,
+        },
+        plug.opener(),
+        tx,
+        token.clone(),
+    )
+    .expect("started on the test's runtime");
+    (device, events, token)
+}
+
 /// The next event matching `want`, skipping others.
 async fn next(events: &mut mpsc::UnboundedReceiver<Event>, want: impl Fn(&Event) -> bool) -> Event {
     tokio::time::timeout(WAIT, async {
@@ -121,25 +150,15 @@ impl JsonEmulator {
 async fn a_json_device_reports_obeys_and_survives_unplugging() {
     let plug = Plug::default();
     let first = plug.plug();
-    let (tx, mut events) = mpsc::unbounded_channel();
-    let token = CancellationToken::new();
-    let device = SerialDevice::start(
-        SerialSpec {
-            id: "garden".into(),
-            port: "/dev/ttyACM0".into(),
-            baud: 115_200,
-            protocol: Protocol::JsonLines,
-            entities: vec![
-                entity("pump", Kind::Switch, 0),
-                entity("soil", Kind::Sensor, 0),
-                entity("lamp", Kind::Light, 0),
-            ],
-        },
-        plug.opener(),
-        tx,
-        token.clone(),
-    )
-    .expect("started on the test's runtime");
+    let (device, mut events, token) = start(
+        &plug,
+        Protocol::JsonLines,
+        vec![
+            entity("pump", Kind::Switch, 0),
+            entity("soil", Kind::Sensor, 0),
+            entity("lamp", Kind::Light, 0),
+        ],
+    );
     let mut emu = JsonEmulator::new(first);
     assert_eq!(
         availability(&next(&mut events, |e| availability(e).is_some()).await),
@@ -258,29 +277,19 @@ async fn read_frame(
 async fn a_firmata_board_is_set_up_from_its_capabilities_and_driven() {
     let plug = Plug::default();
     let port = plug.plug();
-    let (tx, mut events) = mpsc::unbounded_channel();
-    let token = CancellationToken::new();
-    let device = SerialDevice::start(
-        SerialSpec {
-            id: "uno".into(),
-            port: "/dev/ttyACM0".into(),
-            baud: 57_600,
-            protocol: Protocol::Firmata,
-            entities: vec![
-                entity("relay", Kind::Switch, 13),
-                entity("door", Kind::BinarySensor, 2),
-                entity("dimmer", Kind::Light, 9),
-                entity("light_level", Kind::Sensor, 14),
-                entity("bell", Kind::Button, 7),
-                // Pin 3 cannot do PWM on this board: left unset, with a log line.
-                entity("bad", Kind::Light, 3),
-            ],
-        },
-        plug.opener(),
-        tx,
-        token.clone(),
-    )
-    .expect("started on the test's runtime");
+    let (device, mut events, token) = start(
+        &plug,
+        Protocol::Firmata,
+        vec![
+            entity("relay", Kind::Switch, 13),
+            entity("door", Kind::BinarySensor, 2),
+            entity("dimmer", Kind::Light, 9),
+            entity("light_level", Kind::Sensor, 14),
+            entity("bell", Kind::Button, 7),
+            // Pin 3 cannot do PWM on this board: left unset, with a log line.
+            entity("bad", Kind::Light, 3),
+        ],
+    );
     let (read, mut write) = tokio::io::split(port);
     let mut frames = FramedRead::new(read, firmata::BoardSide::default());
     assert_eq!(read_frame(&mut frames).await, ToBoard::QueryFirmware);

@@ -465,6 +465,23 @@ fn network(tag: char, nodes: usize) -> Option<Net> {
     }
 }
 
+/// Starts the three members in `net` (configs and data under `dir`) and waits until all agree
+/// on a leader and a term; returns the nodes, the leader and the term.
+fn start_agreed(net: &Net, dir: &Path) -> (Vec<NsNode>, String, u64) {
+    let nodes: Vec<NsNode> = (0..IDS.len())
+        .map(|i| NsNode::start(net, i, dir, ""))
+        .collect();
+    let all: Vec<usize> = (0..nodes.len()).collect();
+    let views = wait_for(
+        &nodes,
+        "all three agree on a leader and a term",
+        FIRST_AGREEMENT_TIMEOUT,
+        |v| agreed(v, &all).is_some(),
+    );
+    let (leader, term) = agreed(&views, &all).expect("the wait above checked this");
+    (nodes, leader, term)
+}
+
 #[test]
 fn a_partitioned_leader_steps_down_and_the_cluster_heals() {
     let dir = tempfile::tempdir().expect("a writable temp dir");
@@ -472,19 +489,9 @@ fn a_partitioned_leader_steps_down_and_the_cluster_heals() {
         return;
     };
     // Declared after `net`, so dropped before it: the nodes die before their namespaces go.
-    let nodes: Vec<NsNode> = (0..IDS.len())
-        .map(|i| NsNode::start(&net, i, dir.path(), ""))
-        .collect();
-    let all: Vec<usize> = (0..nodes.len()).collect();
-
     // 1. One leader, one term, seen by everyone.
-    let views = wait_for(
-        &nodes,
-        "all three agree on a leader and a term",
-        FIRST_AGREEMENT_TIMEOUT,
-        |v| agreed(v, &all).is_some(),
-    );
-    let (first_leader, first_term) = agreed(&views, &all).expect("the wait above checked this");
+    let (nodes, first_leader, first_term) = start_agreed(&net, dir.path());
+    let all: Vec<usize> = (0..nodes.len()).collect();
     let cut = member_index(&first_leader);
     let majority: Vec<usize> = all.iter().copied().filter(|&i| i != cut).collect();
 
@@ -928,17 +935,8 @@ fn state_written_on_both_sides_of_a_partition_converges_after_the_heal() {
     let Some(net) = network('s', IDS.len()) else {
         return;
     };
-    let nodes: Vec<NsNode> = (0..IDS.len())
-        .map(|i| NsNode::start(&net, i, dir.path(), ""))
-        .collect();
+    let (nodes, first_leader, first_term) = start_agreed(&net, dir.path());
     let all: Vec<usize> = (0..nodes.len()).collect();
-    let views = wait_for(
-        &nodes,
-        "all three agree on a leader",
-        FIRST_AGREEMENT_TIMEOUT,
-        |v| agreed(v, &all).is_some(),
-    );
-    let (first_leader, first_term) = agreed(&views, &all).expect("checked by the wait");
     let cut = member_index(&first_leader);
     let majority: Vec<usize> = all.iter().copied().filter(|&i| i != cut).collect();
     let rule = serde_json::json!({ "by": first_leader });

@@ -124,21 +124,17 @@ struct Shared {
 impl Shared {
     /// See [`Replicated::sync_status`]; also sets `roost_state_in_sync`.
     fn sync_status(&self) -> SyncStatus {
-        let synced_peers: Vec<String> = self
+        let peers = self
             .links
             .as_ref()
-            .map(|l| {
-                l.status()
-                    .into_iter()
-                    .filter(|p| p.synced)
-                    .map(|p| p.id)
-                    .collect()
-            })
+            .map(PeerLinks::status)
             .unwrap_or_default();
-        let all_linked_synced = self
-            .links
-            .as_ref()
-            .is_none_or(|l| l.status().iter().all(|p| !p.inbound || p.synced));
+        let synced_peers: Vec<String> = peers
+            .iter()
+            .filter(|p| p.synced)
+            .map(|p| p.id.clone())
+            .collect();
+        let all_linked_synced = peers.iter().all(|p| !p.inbound || p.synced);
         let generation = self
             .links
             .as_ref()

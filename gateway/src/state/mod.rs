@@ -321,20 +321,8 @@ impl Store {
     ///
     /// Sees every write that was acknowledged before the call.
     pub async fn get<T: DeserializeOwned>(&self, key: &Key) -> Result<Option<Entry<T>>, Error> {
-        key.validate()?;
-        let db = self.db()?;
-        let raw_key = key.encode();
-        let raw = tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>, redb::Error> {
-            let txn = db.begin_read()?;
-            let table = txn.open_table(TABLE)?;
-            let found = table.get(raw_key.as_str())?;
-            Ok(found.map(|guard| guard.value().to_vec()))
-        })
-        .await
-        .map_err(|source| Error::Task { source })?
-        .map_err(|source| Error::Read { source })?;
-        match raw {
-            Some(bytes) => record::decode(key, &bytes)?.into_entry(key),
+        match self.record(key).await? {
+            Some(record) => record.into_entry(key),
             None => Ok(None),
         }
     }
