@@ -1,7 +1,7 @@
 //! GPIO devices at run time: the entities of each device wired to pins of a [`Gpio`]
 //! backend. Outputs (switch, light, button) go to their safe state at start and on
 //! [`GpioDevices::safe_state`], and follow checked commands; inputs (binary sensors) are
-//! debounced and inverted as configured. Every state, at start and on each change, goes out
+//! debounced and inverted as configured; sensors follow an analog input. Every state, at start and on each change, goes out
 //! as an [`Update`] on a channel; the node turns those into retained MQTT messages.
 
 use std::collections::HashMap;
@@ -12,16 +12,16 @@ use tokio::sync::mpsc::{self, UnboundedSender};
 
 use crate::debounce::{Debouncer, Step};
 use crate::entity::{parse_command, Command, CommandError, Kind, State};
-use crate::gpio::{Edge, Gpio, GpioError, Pull};
+use crate::gpio::{Edge, Gpio, GpioError, Pull, Reading};
 
 /// One entity of a GPIO device.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EntitySpec {
     /// Its id, unique in the device.
     pub id: String,
-    /// What it is. A sensor cannot be a GPIO entity (a Pi has no ADC).
+    /// What it is.
     pub kind: Kind,
-    /// Its BCM pin.
+    /// Its BCM pin; for a sensor, its analog channel ([`Gpio::analog_input`]).
     pub pin: u8,
     /// Whether the pin's low level means on (a relay board driven low, a button to ground).
     pub invert: bool,
@@ -69,16 +69,9 @@ pub enum DeviceError {
         /// The entity asked for.
         entity: String,
     },
-    /// A GPIO entity of a kind that needs something else (a sensor).
-    #[error("{device}/{entity}: a {} cannot be a GPIO entity", .kind.as_str())]
-    NotGpio {
-        /// The device.
-        device: String,
-        /// The entity.
-        entity: String,
-        /// Its kind.
-        kind: Kind,
-    },
+    /// A serial device has too many commands queued: it is not keeping up.
+    #[error("device {0:?} is not keeping up with its commands")]
+    Busy(String),
     /// Started outside a tokio runtime.
     #[error("GPIO devices need a tokio runtime")]
     NoRuntime,
@@ -96,7 +89,7 @@ impl DeviceError {
         match self {
             DeviceError::UnknownDevice(_) => "unknown_device",
             DeviceError::UnknownEntity { .. } => "unknown_entity",
-            DeviceError::NotGpio { .. } => "not_gpio",
+            DeviceError::Busy(_) => "busy",
             DeviceError::NoRuntime => "no_runtime",
             DeviceError::Command(e) => e.label(),
             DeviceError::Gpio(_) => "gpio",
@@ -146,7 +139,9 @@ impl GpioDevices {
         let mut outputs = HashMap::new();
         let mut kinds = HashMap::new();
         let mut inputs = Vec::new();
+        let mut sensors = Vec::new();
         let (edges_tx, edges_rx) = mpsc::unbounded_channel();
+        let (readings_tx, readings_rx) = mpsc::unbounded_channel();
         for device in devices {
             for entity in &device.entities {
                 let key = (device.id.clone(), entity.id.clone());
@@ -184,18 +179,29 @@ impl GpioDevices {
                         });
                     }
                     Kind::Sensor => {
-                        return Err(DeviceError::NotGpio {
+                        let value = gpio.analog_input(entity.pin, readings_tx.clone())?;
+                        let _ = updates.send(Update {
                             device: device.id.clone(),
                             entity: entity.id.clone(),
-                            kind: entity.kind,
-                        })
+                            state: State::Number(value),
+                        });
+                        sensors.push(Sensor {
+                            device: device.id.clone(),
+                            entity: entity.id.clone(),
+                            channel: entity.pin,
+                        });
                     }
                 }
             }
         }
-        drop(edges_tx);
-        if !inputs.is_empty() {
-            runtime.spawn(watch_inputs(inputs, edges_rx, updates.clone()));
+        drop((edges_tx, readings_tx));
+        if !inputs.is_empty() || !sensors.is_empty() {
+            runtime.spawn(watch_inputs(
+                Watched { inputs, sensors },
+                edges_rx,
+                readings_rx,
+                updates.clone(),
+            ));
         }
         Ok(GpioDevices {
             inner: Arc::new(Inner {
@@ -359,14 +365,37 @@ struct Input {
     debouncer: Debouncer,
 }
 
-/// Debounces every input's edges and sends each settled change.
+/// A watched analog input.
+struct Sensor {
+    device: String,
+    entity: String,
+    channel: u8,
+}
+
+/// Everything [`watch_inputs`] watches.
+struct Watched {
+    inputs: Vec<Input>,
+    sensors: Vec<Sensor>,
+}
+
+/// Debounces every input's edges and sends each settled change, and sends every sensor
+/// reading; ends when the backend drops both channels or nobody takes the updates.
 async fn watch_inputs(
-    mut inputs: Vec<Input>,
+    watched: Watched,
     mut edges: mpsc::UnboundedReceiver<Edge>,
+    mut readings: mpsc::UnboundedReceiver<Reading>,
     updates: UnboundedSender<Update>,
 ) {
+    let Watched {
+        mut inputs,
+        sensors,
+    } = watched;
     let mut wake: HashMap<u8, std::time::Instant> = HashMap::new();
+    let (mut edges_open, mut readings_open) = (true, true);
     loop {
+        if !edges_open && !readings_open && wake.is_empty() {
+            return;
+        }
         let next = wake.values().min().copied();
         let timer = async {
             match next {
@@ -375,8 +404,28 @@ async fn watch_inputs(
             }
         };
         let steps: Vec<(usize, Step)> = tokio::select! {
-            edge = edges.recv() => {
-                let Some(edge) = edge else { return };
+            reading = readings.recv(), if readings_open => {
+                let Some(reading) = reading else {
+                    readings_open = false;
+                    continue;
+                };
+                for sensor in sensors.iter().filter(|s| s.channel == reading.channel) {
+                    let update = Update {
+                        device: sensor.device.clone(),
+                        entity: sensor.entity.clone(),
+                        state: State::Number(reading.value),
+                    };
+                    if updates.send(update).is_err() {
+                        return;
+                    }
+                }
+                continue;
+            }
+            edge = edges.recv(), if edges_open => {
+                let Some(edge) = edge else {
+                    edges_open = false;
+                    continue;
+                };
                 // The runtime's clock, not the edge's own stamp, so that the timers below
                 // and the debouncer agree (and tests can pause time).
                 let at = tokio::time::Instant::now().into_std();
@@ -562,5 +611,28 @@ mod tests {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(rx.try_recv().is_err(), "one change for the whole bounce");
+    }
+
+    #[tokio::test]
+    async fn a_sensor_follows_its_analog_input() {
+        let sim = Arc::new(SimGpio::default());
+        sim.set_analog(2, 19.5);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let _devices = GpioDevices::start(
+            &[DeviceSpec {
+                id: "attic".into(),
+                entities: vec![entity("temperature", Kind::Sensor, 2)],
+            }],
+            sim.clone(),
+            tx,
+        )
+        .unwrap();
+        assert_eq!(rx.recv().await.unwrap().state, State::Number(19.5));
+        sim.set_analog(2, 20.25);
+        let update = rx.recv().await.unwrap();
+        assert_eq!(
+            (update.entity.as_str(), update.state),
+            ("temperature", State::Number(20.25))
+        );
     }
 }

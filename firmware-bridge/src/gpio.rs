@@ -1,9 +1,9 @@
 //! GPIO behind one small trait, [`Gpio`], with two backends: [`RppalGpio`] drives a
 //! Raspberry Pi's pins through rppal, and [`SimGpio`] simulates pins in memory for every
 //! other machine and for tests (its inputs are driven by [`SimGpio::drive`], its outputs read
-//! back by [`SimGpio::level`] and [`SimGpio::duty`]). [`open`] picks one as the config says.
-//! Pins are BCM numbers. Inputs report each edge, undebounced, on a channel; debouncing is
-//! `debounce.rs`'s job.
+//! back by [`SimGpio::level`] and [`SimGpio::duty`], its analog inputs set by
+//! [`SimGpio::set_analog`]). [`open`] picks one as the config says. Pins are BCM numbers.
+//! Inputs report each edge, undebounced, on a channel; debouncing is `debounce.rs`'s job.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -40,6 +40,15 @@ pub struct Edge {
     pub at: Instant,
 }
 
+/// A new value on an analog input.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reading {
+    /// The ADC channel.
+    pub channel: u8,
+    /// Its value now.
+    pub value: f64,
+}
+
 /// Why a GPIO operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum GpioError {
@@ -74,6 +83,14 @@ pub trait Gpio: Send + Sync {
     /// Makes `pin` an input with `pull` and sends every edge on it to `edges`; returns its
     /// level now.
     fn input(&self, pin: u8, pull: Pull, edges: UnboundedSender<Edge>) -> Result<bool, GpioError>;
+    /// Watches ADC `channel`, sending each change of its value to `changes`; returns its value
+    /// now. Only the simulated backend has analog inputs: a Raspberry Pi's header has no ADC
+    /// (read analog sensors through a serial board, such as Firmata's analog pins).
+    fn analog_input(
+        &self,
+        channel: u8,
+        changes: UnboundedSender<Reading>,
+    ) -> Result<f64, GpioError>;
 }
 
 /// Which backend a node uses (`gpio.backend` in the config).
@@ -135,10 +152,18 @@ enum SimPin {
     },
 }
 
+/// One simulated analog input: its value, and where its changes go once watched.
+#[derive(Debug, Default)]
+struct SimAnalog {
+    value: f64,
+    changes: Option<UnboundedSender<Reading>>,
+}
+
 /// Pins in memory.
 #[derive(Debug, Default)]
 pub struct SimGpio {
     pins: Mutex<HashMap<u8, SimPin>>,
+    analog: Mutex<HashMap<u8, SimAnalog>>,
 }
 
 impl SimGpio {
@@ -168,6 +193,35 @@ impl SimGpio {
                 pin,
                 reason: "not a simulated input".into(),
             }),
+        }
+    }
+
+    /// Sets the simulated analog input `channel` to `value`, as a sensor would; the change
+    /// goes out if the channel is watched and the value differs. A channel not yet watched
+    /// keeps the value for when it is.
+    pub fn set_analog(&self, channel: u8, value: f64) {
+        let mut analog = self.analog.lock().unwrap_or_else(|e| e.into_inner());
+        let input = analog.entry(channel).or_default();
+        if input.value != value {
+            input.value = value;
+            if let Some(changes) = &input.changes {
+                // A closed channel means nobody watches the input any more.
+                let _ = changes.send(Reading { channel, value });
+            }
+        }
+    }
+
+    /// The value of analog input `channel` (0 until set).
+    pub fn analog(&self, channel: u8) -> f64 {
+        let analog = self.analog.lock().unwrap_or_else(|e| e.into_inner());
+        analog.get(&channel).map_or(0.0, |a| a.value)
+    }
+
+    /// The level of input `pin`, if it is one.
+    pub fn input_level(&self, pin: u8) -> Option<bool> {
+        match self.pins().get(&pin) {
+            Some(SimPin::Input { high, .. }) => Some(*high),
+            _ => None,
         }
     }
 
@@ -229,6 +283,17 @@ impl Gpio for SimGpio {
         };
         pins.insert(pin, SimPin::Input { high, edges });
         Ok(high)
+    }
+
+    fn analog_input(
+        &self,
+        channel: u8,
+        changes: UnboundedSender<Reading>,
+    ) -> Result<f64, GpioError> {
+        let mut analog = self.analog.lock().unwrap_or_else(|e| e.into_inner());
+        let input = analog.entry(channel).or_default();
+        input.changes = Some(changes);
+        Ok(input.value)
     }
 }
 
@@ -342,6 +407,17 @@ impl Gpio for RppalGpio {
         pins.insert(pin, RppalPin::Input { _held: input });
         Ok(high)
     }
+
+    fn analog_input(
+        &self,
+        channel: u8,
+        _changes: UnboundedSender<Reading>,
+    ) -> Result<f64, GpioError> {
+        Err(GpioError::Pin {
+            pin: channel,
+            reason: "a Raspberry Pi has no analog inputs; read the sensor through a serial board (Firmata's analog pins)".into(),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -370,6 +446,21 @@ mod tests {
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
         assert!(sim.input(4, Pull::Off, tx).is_err());
         assert!(sim.output(17, true).is_err());
+
+        sim.set_analog(0, 20.5);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        assert_eq!(sim.analog_input(0, tx).unwrap(), 20.5);
+        sim.set_analog(0, 20.5);
+        assert!(rx.try_recv().is_err(), "no reading without a change");
+        sim.set_analog(0, 21.0);
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Reading {
+                channel: 0,
+                value: 21.0
+            }
+        );
+        assert_eq!(sim.analog(0), 21.0);
     }
 
     #[test]

@@ -87,6 +87,13 @@ pub enum Event {
     },
 }
 
+/// Opens a real serial port at `baud`, 8N1 with no flow control (what both protocols'
+/// boards use); the opener [`SerialDevice::start`] takes on a node.
+pub fn open_port(path: &str, baud: u32) -> std::io::Result<tokio_serial::SerialStream> {
+    let builder = tokio_serial::new(path, baud);
+    Ok(tokio_serial::SerialStream::open(&builder)?)
+}
+
 /// A handle on one serial device's task; cheap to clone.
 #[derive(Clone)]
 pub struct SerialDevice {
@@ -116,7 +123,8 @@ impl SerialDevice {
     }
 
     /// Checks `payload` as a command for `entity` and queues it for the device. Fails when the
-    /// entity is unknown or the payload does not fit. A device that is unplugged drops it
+    /// entity is unknown, the payload does not fit, or the device is not keeping up (64
+    /// commands queued). A device that is unplugged drops it
     /// with a log line (its state stays what the device last said); it is not replayed when
     /// the device comes back.
     pub fn command(&self, entity: &str, payload: &[u8]) -> Result<(), DeviceError> {
@@ -127,10 +135,9 @@ impl SerialDevice {
             });
         };
         let command = parse_command(spec.kind, payload)?;
-        // A full queue means the device is not keeping up; the command is dropped like one
-        // sent while it is unplugged (logged by the task).
-        let _ = self.commands.try_send((entity.to_owned(), command));
-        Ok(())
+        self.commands
+            .try_send((entity.to_owned(), command))
+            .map_err(|_| DeviceError::Busy(self.spec.id.clone()))
     }
 }
 

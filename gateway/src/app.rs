@@ -3,7 +3,8 @@
 //! flush the state store, exit 0.
 //!
 //! Start order: telemetry, state store, broker (with the mesh), cluster coordinator, state
-//! replication, HTTP, presence, demo. At the stop, a leader hands the lease over first. Each part
+//! replication, devices (outputs to their safe states), HTTP, presence. At the stop, a leader
+//! hands the lease over first, then the devices go to their safe states and offline. Each part
 //! gets a child of the root cancellation token and runs on the shared task tracker.
 
 use std::net::SocketAddr;
@@ -18,7 +19,8 @@ use tokio_util::task::TaskTracker;
 use crate::cluster::{ClusterView, Event};
 use crate::config::Settings;
 use crate::coordinator::{Coordinator, Setup};
-use crate::demo::Demo;
+use crate::demo;
+use crate::devices::{self, Devices};
 use crate::http::{self, AppState};
 use crate::lease::Timing;
 use crate::logging;
@@ -159,6 +161,27 @@ async fn run_node(settings: Settings) -> anyhow::Result<()> {
     .await
     .context("starting state replication")?;
 
+    let mut all_devices = settings.devices.clone();
+    if settings.demo.enabled {
+        all_devices.extend(demo::devices());
+    }
+    let device_count = all_devices.len();
+    let devices = Devices::start(
+        devices::Setup {
+            client: client.clone(),
+            state: replicated.clone(),
+            topics: topics.clone(),
+            node: node.clone(),
+            gpio: settings.gpio,
+            devices: all_devices,
+        },
+        &registry,
+        &tracker,
+        token.child_token(),
+    )
+    .await
+    .context("starting the devices")?;
+
     let http_listener = TcpListener::bind(settings.http.listen)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", settings.http.listen))?;
@@ -172,6 +195,7 @@ async fn run_node(settings: Settings) -> anyhow::Result<()> {
         mqtt_addr: broker.local_addr(),
         store: store.clone(),
         replicated: replicated.clone(),
+        devices: devices.clone(),
         telemetry,
         shutdown: token.clone(),
     });
@@ -199,27 +223,15 @@ async fn run_node(settings: Settings) -> anyhow::Result<()> {
     };
     presence.announce_online().await?;
 
-    if settings.demo.enabled {
-        let demo = Demo::new(
-            client.clone(),
-            replicated.clone(),
-            topics.clone(),
-            node.clone(),
-            &registry,
-        )?;
-        let token = token.child_token();
-        let fatal = fatal_tx.clone();
-        tracker.spawn(async move {
-            if let Err(e) = demo.run(token).await {
-                let _ = fatal
-                    .send(anyhow::Error::new(e).context("the demo devices failed"))
-                    .await;
-            }
-        });
-    }
     drop(fatal_tx);
 
-    print_banner(&settings, broker.local_addr(), http_addr, &topics);
+    print_banner(
+        &settings,
+        broker.local_addr(),
+        http_addr,
+        &topics,
+        device_count,
+    );
 
     let outcome = tokio::select! {
         signal = stop_signals.recv() => {
@@ -239,6 +251,12 @@ async fn run_node(settings: Settings) -> anyhow::Result<()> {
         .is_err()
     {
         tracing::warn!("handing the lease over took too long; stopping anyway");
+    }
+    if tokio::time::timeout(ANNOUNCE_BUDGET, devices.stop())
+        .await
+        .is_err()
+    {
+        tracing::warn!("putting the devices in their safe states took too long; stopping anyway");
     }
     match tokio::time::timeout(ANNOUNCE_BUDGET, presence.announce_offline()).await {
         Ok(Ok(())) => {}
@@ -361,7 +379,13 @@ impl StopSignals {
 }
 
 /// Tells a person where everything listens. Tests read the `mqtt://` and `http://` lines.
-fn print_banner(settings: &Settings, mqtt: SocketAddr, http: SocketAddr, topics: &Topics) {
+fn print_banner(
+    settings: &Settings,
+    mqtt: SocketAddr,
+    http: SocketAddr,
+    topics: &Topics,
+    devices: usize,
+) {
     let node = &settings.node.id;
     println!(
         "roost {} — node {node} of cluster {}",
@@ -373,11 +397,16 @@ fn print_banner(settings: &Settings, mqtt: SocketAddr, http: SocketAddr, topics:
     println!("  Health     http://{http}/health");
     println!("  Metrics    http://{http}/metrics");
     println!("  Data       {}", settings.node.data_dir.display());
+    if devices > 0 {
+        println!(
+            "  Devices    {devices} on {}",
+            topics.entity_state(node, "+", "+")
+        );
+    }
     if settings.demo.enabled {
         println!(
-            "  Demo       {}  (ON/OFF to {})",
-            topics.device(node, "+", "state"),
-            topics.device(node, "demo-relay", "set")
+            "  Demo       ON/OFF to {}",
+            topics.entity_command(node, "demo-relay", "relay")
         );
     }
     println!(

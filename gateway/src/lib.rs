@@ -12,6 +12,7 @@
 //! - `witness`: the link to the witness broker that gives a two-node cluster a third vote;
 //! - `http`: `/health`, `/metrics`, the dashboard and its JSON API;
 //! - `telemetry`, `logging`: the Prometheus registry and tracing;
+//! - `devices`: the node's GPIO and serial devices at run time, on MQTT and in the store;
 //! - `demo`: the simulated devices of the no-argument mode;
 //! - `status`: the `roost status` command.
 
@@ -21,6 +22,7 @@ pub mod cluster;
 pub mod config;
 pub mod coordinator;
 pub mod demo;
+pub mod devices;
 pub mod http;
 pub mod lease;
 pub mod logging;

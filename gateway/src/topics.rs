@@ -82,9 +82,39 @@ impl Topics {
         format!("${}/state/", self.root)
     }
 
-    /// `<prefix>/<cluster>/devices/<node>/<device>/<leaf>`: a device's topics.
-    pub fn device(&self, node: &NodeId, device: &str, leaf: &str) -> String {
-        format!("{}/devices/{node}/{device}/{leaf}", self.root)
+    /// `<prefix>/<cluster>/devices/<node>/`: where the node's devices' topics start.
+    fn devices_of(&self, node: &NodeId) -> String {
+        format!("{}/devices/{node}/", self.root)
+    }
+
+    /// `<prefix>/<cluster>/devices/<node>/<device>/<entity>/state`: retained, the entity's
+    /// state.
+    pub fn entity_state(&self, node: &NodeId, device: &str, entity: &str) -> String {
+        format!("{}{device}/{entity}/state", self.devices_of(node))
+    }
+
+    /// `<prefix>/<cluster>/devices/<node>/<device>/<entity>/set`: commands to the entity.
+    pub fn entity_command(&self, node: &NodeId, device: &str, entity: &str) -> String {
+        format!("{}{device}/{entity}/set", self.devices_of(node))
+    }
+
+    /// `<prefix>/<cluster>/devices/<node>/+/+/set`: commands to every entity of the node.
+    pub fn entity_commands(&self, node: &NodeId) -> String {
+        format!("{}+/+/set", self.devices_of(node))
+    }
+
+    /// The device and entity a topic of [`Topics::entity_commands`] names.
+    pub fn command_target<'t>(&self, node: &NodeId, topic: &'t str) -> Option<(&'t str, &'t str)> {
+        let rest = topic
+            .strip_prefix(self.devices_of(node).as_str())?
+            .strip_suffix("/set")?;
+        rest.split_once('/').filter(|(_, e)| !e.contains('/'))
+    }
+
+    /// `<prefix>/<cluster>/devices/<node>/<device>/availability`: retained, `online` while
+    /// the device can be reached, else `offline`.
+    pub fn device_availability(&self, node: &NodeId, device: &str) -> String {
+        format!("{}{device}/availability", self.devices_of(node))
     }
 }
 
@@ -112,8 +142,24 @@ mod tests {
         assert_eq!(t.witness_heartbeats(), "roost/home/witness/heartbeat/+");
         assert_eq!(t.state_root(), "$roost/home/state/");
         assert_eq!(
-            t.device(&n, "demo-relay", "set"),
-            "roost/home/devices/node-a/demo-relay/set"
+            t.entity_state(&n, "demo-relay", "relay"),
+            "roost/home/devices/node-a/demo-relay/relay/state"
+        );
+        let set = t.entity_command(&n, "demo-relay", "relay");
+        assert_eq!(set, "roost/home/devices/node-a/demo-relay/relay/set");
+        assert_eq!(t.command_target(&n, &set), Some(("demo-relay", "relay")));
+        assert_eq!(
+            t.command_target(&n, "roost/home/devices/node-a/x/set"),
+            None
+        );
+        assert_eq!(
+            t.command_target(&n, "roost/home/devices/node-b/x/y/set"),
+            None
+        );
+        assert_eq!(t.entity_commands(&n), "roost/home/devices/node-a/+/+/set");
+        assert_eq!(
+            t.device_availability(&n, "demo-relay"),
+            "roost/home/devices/node-a/demo-relay/availability"
         );
     }
 }

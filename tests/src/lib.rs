@@ -230,18 +230,23 @@ pub fn wait_ready(lines: &Receiver<String>, who: &str, stderr_path: &Path) -> Ve
 }
 
 /// Switches the demo relay of `node` (started with `.demo()`, cluster `home`) on over MQTT
-/// and returns once its state says `ON`, which is published only after the store committed
-/// it.
+/// and returns once its state says `ON` and the state store has it (its replicated record,
+/// published once committed, says so).
 pub fn turn_demo_relay_on(node: &Node) {
-    let relay = format!("roost/home/devices/{}/demo-relay", node.id);
+    let relay = format!("roost/home/devices/{}/demo-relay/relay", node.id);
     let state = format!("{relay}/state");
-    let mut sub = MosquittoSub::start(node, &["-t", &state, "-q", "1"]);
+    let stored = format!("$roost/home/state/devices/{}/demo-relay/relay", node.id);
+    let mut sub = MosquittoSub::start(node, &["-t", &state, "-t", &stored, "-q", "1"]);
     sub.expect_message(&state, "OFF");
     mosquitto_pub(
         node,
         &["-t", &format!("{relay}/set"), "-m", "ON", "-q", "1"],
     );
     sub.expect_message(&state, "ON");
+    sub.wait_for(
+        |l| l.starts_with(&format!("{stored} ")) && l.contains(r#""on":true"#),
+        "the relay's ON in the store",
+    );
 }
 
 fn address_after(line: &str, scheme: &str) -> Option<SocketAddr> {

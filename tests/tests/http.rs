@@ -150,13 +150,20 @@ fn api_state_shows_the_store_and_refuses_bad_queries() {
     assert_eq!(view["node"], "state-view");
     assert_eq!(view["truncated"], false);
     let entries = view["entries"].as_array().unwrap();
-    assert_eq!(entries.len(), 1, "{body}");
-    let relay_entry = &entries[0];
-    assert_eq!(relay_entry["key"], "devices/state-view/demo-relay");
+    // One key per entity of the four demo devices.
+    assert_eq!(entries.len(), 4, "{body}");
+    let relay_entry = entries
+        .iter()
+        .find(|e| e["key"] == "devices/state-view/demo-relay/relay")
+        .unwrap();
     assert_eq!(relay_entry["namespace"], "devices");
-    assert_eq!(relay_entry["path"], "state-view/demo-relay");
-    assert_eq!(relay_entry["value"], serde_json::json!({ "on": true }));
-    assert_eq!(relay_entry["version"], 1);
+    assert_eq!(relay_entry["path"], "state-view/demo-relay/relay");
+    assert_eq!(
+        relay_entry["value"],
+        serde_json::json!({ "kind": "switch", "on": true })
+    );
+    // The safe state at start, then the command.
+    assert_eq!(relay_entry["version"], 2);
     assert!(relay_entry["updated_ms"].as_u64().unwrap() > 0);
 
     // Every namespace, in key order: the lease term is the node's own bookkeeping.
@@ -168,7 +175,10 @@ fn api_state_shows_the_store_and_refuses_bad_queries() {
         .iter()
         .map(|e| e["key"].as_str().unwrap())
         .collect();
-    assert!(keys.contains(&"devices/state-view/demo-relay"), "{keys:?}");
+    assert!(
+        keys.contains(&"devices/state-view/demo-relay/relay"),
+        "{keys:?}"
+    );
     assert!(keys.contains(&"node/lease/term"), "{keys:?}");
     assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
     assert_eq!(all["keys"].as_u64().unwrap(), keys.len() as u64);

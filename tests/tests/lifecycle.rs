@@ -7,26 +7,39 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use roost_tests::state::Http;
 use roost_tests::{
     roost, roost_bin, spawn_line_reader, turn_demo_relay_on, wait_line, ChildGuard, MosquittoSub,
     Node, START_TIMEOUT,
 };
 
 #[test]
-fn state_survives_a_restart() {
+fn state_survives_a_restart_and_outputs_start_in_their_safe_state() {
     let data = tempfile::tempdir().unwrap();
-    let relay = "roost/home/devices/keeper/demo-relay";
+    let relay = "roost/home/devices/keeper/demo-relay/relay/state";
+    let note = serde_json::json!({ "text": "kept" });
     let term_before = {
         let node = Node::builder("keeper").data_dir(data.path()).demo().start();
         turn_demo_relay_on(&node);
+        let mut http = Http::connect(node.http).unwrap();
+        let (code, body) = http.put("devices/keeper/note", &note).unwrap();
+        assert_eq!(code, 200, "{body}");
         let term = node.health().1["term"].as_u64().unwrap();
         let mut node = node;
         assert!(node.terminate(Duration::from_secs(5)).unwrap().success());
         term
     };
     let node = Node::builder("keeper").data_dir(data.path()).demo().start();
-    let mut sub = MosquittoSub::start(&node, &["-t", &format!("{relay}/state")]);
-    sub.expect_message(&format!("{relay}/state"), "ON");
+    let (code, body) = node.get("/api/state?ns=devices&prefix=keeper/note");
+    assert_eq!(code, 200, "{body}");
+    let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(view["entries"][0]["value"], note, "{body}");
+    // The relay was on when the node stopped; it starts in its safe state, off.
+    let mut sub = MosquittoSub::start(&node, &["-t", relay]);
+    sub.expect_message(relay, "OFF");
+    let (_, pin) = node.get("/api/sim/demo-relay/relay");
+    let pin: serde_json::Value = serde_json::from_str(&pin).unwrap();
+    assert_eq!(pin["level"], false, "{pin}");
     assert_eq!(node.health().1["term"].as_u64().unwrap(), term_before + 1);
 }
 

@@ -55,6 +55,7 @@ pub(super) fn router() -> Router<AppState> {
         .route("/api/node", get(node))
         .route("/api/live", get(live))
         .merge(super::state_api::router())
+        .merge(super::sim_api::router())
 }
 
 fn snapshot(state: &AppState) -> NodeSnapshot {

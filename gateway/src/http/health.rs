@@ -19,6 +19,8 @@ struct Health {
     version: &'static str,
     /// Whether the replicated state has caught up (`replication::SyncStatus`).
     state: crate::replication::SyncStatus,
+    /// How many devices the node has, and how many can be reached.
+    devices: crate::devices::DeviceCounts,
 }
 
 pub(super) fn router() -> Router<AppState> {
@@ -37,6 +39,7 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<serde_json::
         uptime_seconds: state.uptime_seconds(),
         version: env!("CARGO_PKG_VERSION"),
         state: state.replicated.sync_status(),
+        devices: state.devices.counts(),
     };
     // Serializing these plain structs cannot fail; fall back to null rather than panic.
     (code, Json(serde_json::to_value(body).unwrap_or_default()))

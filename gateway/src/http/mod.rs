@@ -9,6 +9,7 @@ mod api;
 mod dashboard;
 mod health;
 mod metrics;
+mod sim_api;
 mod state_api;
 
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use roost_broker::BrokerMetrics;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::ClusterView;
+use crate::devices::Devices;
 use crate::replication::Replicated;
 use crate::state::Store;
 use crate::telemetry::Telemetry;
@@ -48,6 +50,8 @@ pub struct Inner {
     pub store: Store,
     /// Replicated state: writes from the API, and whether the store is in sync.
     pub replicated: Replicated,
+    /// The node's devices: their counts, and the simulation hook.
+    pub devices: Devices,
     /// The Prometheus registry `/metrics` renders.
     pub telemetry: Telemetry,
     /// Cancelled at shutdown, so live streams end and the server can stop.

@@ -15,6 +15,12 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+mod devices;
+
+pub use devices::{
+    Attachment, DeviceSettings, EntitySettings, GpioSettings, DEFAULT_DEBOUNCE, DEFAULT_PULSE,
+};
+
 // === defaults and limits ===
 
 const DEFAULT_DATA_DIR: &str = "./roost-data";
@@ -222,6 +228,10 @@ pub struct Settings {
     pub demo: DemoSettings,
     /// Replicated state.
     pub state: StateSettings,
+    /// The GPIO backend.
+    pub gpio: GpioSettings,
+    /// The devices the node drives (`[[devices]]`), not counting the demo devices.
+    pub devices: Vec<DeviceSettings>,
 }
 
 impl Settings {
@@ -242,6 +252,8 @@ impl Settings {
             log: LogSettings::default(),
             demo: DemoSettings { enabled: true },
             state: StateSettings::default(),
+            gpio: GpioSettings::default(),
+            devices: Vec::new(),
         }
     }
 }
@@ -546,6 +558,10 @@ struct FileConfig {
     demo: DemoConfig,
     #[serde(default)]
     state: StateConfig,
+    #[serde(default)]
+    gpio: devices::GpioConfig,
+    #[serde(default)]
+    devices: Vec<Spanned<devices::DeviceConfig>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -782,6 +798,8 @@ impl FileConfig {
             log,
             demo,
             state,
+            gpio,
+            devices,
         } = self;
 
         let node_id = match node.id {
@@ -860,6 +878,17 @@ impl FileConfig {
             },
         };
 
+        let demo = DemoSettings {
+            enabled: demo.enabled.unwrap_or(false),
+        };
+        let reserved: &[&str] = if demo.enabled {
+            &crate::demo::DEVICE_IDS
+        } else {
+            &[]
+        };
+        let gpio = gpio.validate(v);
+        let devices = devices::validate(v, devices, reserved);
+
         Settings {
             node: NodeSettings {
                 id: node_id.unwrap_or_else(|| NodeId(FALLBACK_NODE_ID.to_owned())),
@@ -869,9 +898,9 @@ impl FileConfig {
             http,
             cluster,
             log,
-            demo: DemoSettings {
-                enabled: demo.enabled.unwrap_or(false),
-            },
+            demo,
+            gpio,
+            devices,
             state: StateSettings {
                 tombstone_ttl: v.positive_duration(
                     "state.tombstone_ttl",
@@ -1140,6 +1169,9 @@ fn parse_duration(raw: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use roost_firmware_bridge::entity::Kind;
+    use roost_firmware_bridge::gpio::{Backend, Pull};
+    use roost_firmware_bridge::serial::Protocol;
 
     const FILE: &str = "roost.toml";
 
@@ -1214,8 +1246,42 @@ enabled = true
 [state]
 tombstone_ttl = "10m"
 anti_entropy_interval = "5s"
+
+[gpio]
+backend = "simulated"
+
+[[devices]]
+id = "hall"
+name = "Hall"
+entities = [
+  { id = "relay", name = "Hall light relay", kind = "switch", pin = 17, invert = true, safe_state = "on" },
+  { id = "door", kind = "binary_sensor", pin = 27, pull = "up", invert = true, debounce = "50ms" },
+  { id = "dimmer", kind = "light", pin = 18, safe_state = "off" },
+  { id = "bell", kind = "button", pin = 22, pulse = "150ms" },
+  { id = "probe", kind = "sensor", pin = 3, unit = "°C" },
+]
+
+[[devices]]
+id = "uno"
+serial = { port = "/dev/ttyACM0", protocol = "firmata", baud = 115200 }
+[[devices.entities]]
+id = "soil"
+kind = "sensor"
+pin = 14
+unit = "%"
+[[devices.entities]]
+id = "pump"
+kind = "button"
+pin = 13
+pulse = "2s"
+
+[[devices]]
+id = "esp"
+serial = { port = "/dev/serial/by-id/usb-esp", protocol = "json_lines" }
+entities = [{ id = "fan", kind = "switch" }]
 "#,
         );
+        let entity = |id: &str, kind: Kind, pin: u8| EntitySettings::new(id, kind, pin);
         let expected = Settings {
             node: NodeSettings {
                 id: id("node-a"),
@@ -1272,6 +1338,68 @@ anti_entropy_interval = "5s"
                 tombstone_ttl: Duration::from_secs(600),
                 anti_entropy_interval: Duration::from_secs(5),
             },
+            gpio: GpioSettings {
+                backend: Backend::Simulated,
+            },
+            devices: vec![
+                DeviceSettings {
+                    id: "hall".into(),
+                    name: "Hall".into(),
+                    attachment: Attachment::Gpio,
+                    entities: vec![
+                        EntitySettings {
+                            name: "Hall light relay".into(),
+                            invert: true,
+                            safe_on: true,
+                            ..entity("relay", Kind::Switch, 17)
+                        },
+                        EntitySettings {
+                            pull: Pull::Up,
+                            invert: true,
+                            debounce: Duration::from_millis(50),
+                            ..entity("door", Kind::BinarySensor, 27)
+                        },
+                        entity("dimmer", Kind::Light, 18),
+                        EntitySettings {
+                            pulse: Duration::from_millis(150),
+                            ..entity("bell", Kind::Button, 22)
+                        },
+                        EntitySettings {
+                            unit: Some("°C".into()),
+                            ..entity("probe", Kind::Sensor, 3)
+                        },
+                    ],
+                },
+                DeviceSettings {
+                    id: "uno".into(),
+                    name: "uno".into(),
+                    attachment: Attachment::Serial {
+                        port: "/dev/ttyACM0".into(),
+                        protocol: Protocol::Firmata,
+                        baud: 115_200,
+                    },
+                    entities: vec![
+                        EntitySettings {
+                            unit: Some("%".into()),
+                            ..entity("soil", Kind::Sensor, 14)
+                        },
+                        EntitySettings {
+                            pulse: Duration::from_secs(2),
+                            ..entity("pump", Kind::Button, 13)
+                        },
+                    ],
+                },
+                DeviceSettings {
+                    id: "esp".into(),
+                    name: "esp".into(),
+                    attachment: Attachment::Serial {
+                        port: "/dev/serial/by-id/usb-esp".into(),
+                        protocol: Protocol::JsonLines,
+                        baud: 115_200,
+                    },
+                    entities: vec![entity("fan", Kind::Switch, 0)],
+                },
+            ],
         };
         assert_eq!(s, expected);
     }
@@ -1870,5 +1998,121 @@ password = "s3cret"
         );
         let (_, _, message) = single(&format!("{pair}[cluster.witness]\n"));
         assert_eq!(message, "cluster.witness: no mqtt address");
+    }
+
+    #[test]
+    fn device_errors_point_at_the_value() {
+        let head = "[node]\nid = \"node-a\"\n";
+        let cases: &[(&str, usize, usize, &str)] = &[
+            (
+                "[gpio]\nbackend = \"gpiod\"\n",
+                4, 11,
+                "gpio.backend \"gpiod\" must be \"auto\", \"rppal\" or \"simulated\"",
+            ),
+            (
+                "[[devices]]\nid = \"a\"\nentities = [{ id = \"r\", kind = \"switch\", pin = 40 }]\n",
+                5, 48,
+                "device \"a\", entity \"r\": pin 40 must be a BCM pin number, 0-27",
+            ),
+            (
+                "[[devices]]\nid = \"a\"\nentities = [{ id = \"r\", kind = \"relay\", pin = 4 }]\n",
+                5, 32,
+                "device \"a\", entity \"r\": kind \"relay\" must be switch, binary_sensor, sensor, light or button",
+            ),
+            (
+                "[[devices]]\nid = \"a\"\nentities = [{ id = \"r\", kind = \"switch\", pin = 4, debounce = \"5ms\" }]\n",
+                5, 62,
+                "device \"a\", entity \"r\": debounce applies only to binary_sensor entities",
+            ),
+            (
+                "[[devices]]\nid = \"a\"\nentities = [{ id = \"b\", kind = \"button\", pin = 4, pulse = \"2m\" }]\n",
+                5, 59,
+                "device \"a\", entity \"b\": pulse \"2m\" must be between 1ms and 60s",
+            ),
+            (
+                "[[devices]]\nid = \"Bad Id\"\nentities = [{ id = \"r\", kind = \"switch\", pin = 4 }]\n",
+                4, 6,
+                "devices[0].id \"Bad Id\" must be 1-32 characters of a-z, 0-9, '_' or '-'",
+            ),
+            (
+                "[[devices]]\nid = \"a\"\nserial = { port = \"/dev/x\", protocol = \"modbus\" }\nentities = [{ id = \"t\", kind = \"sensor\" }]\n",
+                5, 40,
+                "device \"a\": serial.protocol \"modbus\" must be \"json_lines\" or \"firmata\"",
+            ),
+            (
+                "[[devices]]\nid = \"a\"\nserial = { port = \"/dev/x\", protocol = \"json_lines\" }\nentities = [{ id = \"t\", kind = \"sensor\", pin = 3 }]\n",
+                6, 48,
+                "device \"a\", entity \"t\": pin does not apply to a json_lines device (its entities are matched by id)",
+            ),
+            (
+                "[[devices]]\nid = \"a\"\nserial = { port = \"/dev/x\", protocol = \"firmata\" }\nentities = [{ id = \"t\", kind = \"switch\", pin = 3, invert = true }]\n",
+                6, 60,
+                "device \"a\", entity \"t\": invert applies only to GPIO entities",
+            ),
+        ];
+        for (body, line, col, message) in cases {
+            let (l, c, m) = single(&format!("{head}{body}"));
+            assert_eq!(
+                (l, c, m.as_str()),
+                (Some(*line), Some(*col), *message),
+                "for {body}"
+            );
+        }
+    }
+
+    #[test]
+    fn devices_pins_and_ports_are_not_shared() {
+        let errors = invalid(
+            r#"[node]
+id = "node-a"
+[[devices]]
+id = "a"
+entities = [
+  { id = "r", kind = "switch", pin = 4 },
+  { id = "r", kind = "light", pin = 5 },
+]
+[[devices]]
+id = "b"
+entities = [{ id = "d", kind = "binary_sensor", pin = 4 }, { id = "t", kind = "sensor", pin = 4 }]
+[[devices]]
+id = "a"
+entities = [{ id = "x", kind = "switch", pin = 6 }]
+[[devices]]
+id = "c"
+serial = { port = "/dev/ttyUSB0", protocol = "firmata" }
+entities = [{ id = "x", kind = "switch", pin = 6 }, { id = "y", kind = "switch", pin = 6 }]
+[[devices]]
+id = "d"
+serial = { port = "/dev/ttyUSB0", protocol = "json_lines" }
+entities = [{ id = "x", kind = "switch" }]
+[[devices]]
+id = "e"
+"#,
+        );
+        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "roost.toml:7:10: device \"a\": entity \"r\" is already defined at 6:10",
+                "roost.toml:11:55: device \"b\", entity \"d\": pin 4 is already used by a/r at 6:38",
+                "roost.toml:13:6: device \"a\" is already defined at 4:6",
+                "roost.toml:18:88: device \"c\", entity \"y\": pin 6 is already used by another entity at 18:48",
+                "roost.toml:21:19: device \"d\": serial.port \"/dev/ttyUSB0\" is already used at 17:19",
+                "roost.toml:23:1: device \"e\" has no entities; give it at least one",
+            ],
+            "a GPIO pin and an analog channel of the same number are different inputs"
+        );
+    }
+
+    #[test]
+    fn demo_device_ids_are_reserved_while_the_demo_is_on() {
+        let source = "[node]\nid = \"node-a\"\n[demo]\nenabled = true\n[[devices]]\nid = \"demo-relay\"\nentities = [{ id = \"r\", kind = \"switch\", pin = 4 }]\n";
+        let (line, col, message) = single(source);
+        assert_eq!((line, col), (Some(6), Some(6)));
+        assert_eq!(
+            message,
+            "device \"demo-relay\": the id is taken by a demo device ([demo] enabled = true)"
+        );
+        valid(&source.replace("enabled = true", "enabled = false"));
     }
 }
