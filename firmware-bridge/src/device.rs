@@ -298,12 +298,14 @@ impl GpioDevices {
         }
     }
 
-    /// Puts every output in its safe state (at shutdown); reports the first failure after
-    /// trying them all.
+    /// Puts every output in its safe state (at shutdown), in device and entity order;
+    /// reports the first failure after trying them all.
     pub fn safe_state(&self) -> Result<(), DeviceError> {
         let mut first = None;
         let mut outputs = self.outputs();
-        for ((device, entity), output) in outputs.iter_mut() {
+        let mut sorted: Vec<_> = outputs.iter_mut().collect();
+        sorted.sort_by(|a, b| a.0.cmp(b.0));
+        for ((device, entity), output) in sorted {
             output.on = output.spec.safe_on && output.spec.kind != Kind::Button;
             match drive(self.inner.gpio.as_ref(), output) {
                 Ok(()) => self.send(device, entity, state_of(output)),

@@ -17,6 +17,7 @@
 pub mod bench;
 pub mod browser;
 pub mod cluster;
+pub mod serial;
 pub mod state;
 
 use std::io::{BufRead, BufReader, Write};
