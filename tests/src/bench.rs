@@ -1,5 +1,5 @@
 //! What the benchmarks share: their command line (`[LATENCY_N [THROUGHPUT_N]]`), their
-//! runtime, and a rumqttc client whose event loop runs on its own task and hands every
+//! runtime, percentiles, and a rumqttc client whose event loop runs on its own task and hands every
 //! delivered payload, with its arrival time, to a callback.
 
 use std::net::SocketAddr;
@@ -17,6 +17,12 @@ pub fn counts() -> (usize, usize) {
         .next()
         .map_or(100_000, |a| a.parse().expect("THROUGHPUT_N"));
     (latency_n, throughput_n)
+}
+
+/// The `p`-th percentile (0.0 to 1.0) of sorted `samples`, in milliseconds.
+pub fn pct(samples: &[Duration], p: f64) -> f64 {
+    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[i].as_secs_f64() * 1000.0
 }
 
 /// The multi-threaded runtime the clients of a benchmark run on.

@@ -18,6 +18,7 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
+use roost_tests::bench::pct;
 use roost_tests::cluster::Cluster;
 use roost_tests::state::{sync_state, ChangeStream, Http};
 use roost_tests::{proc_status, EVENT_TIMEOUT};
@@ -33,12 +34,6 @@ fn main() {
     latency(latency_n);
     catch_up(10_000);
     memory(memory_keys);
-}
-
-/// The `p`-th percentile of sorted `samples`, in milliseconds.
-fn pct(samples: &[Duration], p: f64) -> f64 {
-    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
-    samples[i].as_secs_f64() * 1000.0
 }
 
 fn latency(n: u64) {
