@@ -12,7 +12,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 use roost_broker::{BrokerClient, Message, Subscription};
 use roost_firmware_bridge::codec::Malformed;
 use roost_firmware_bridge::device::{DeviceError, DeviceSpec, EntitySpec, GpioDevices, Update};
-use roost_firmware_bridge::entity::{Kind, State};
+use roost_firmware_bridge::entity::{parse_command, Kind, State};
 use roost_firmware_bridge::gpio::{self, GpioError, SimGpio};
 use roost_firmware_bridge::serial::{self, Event, SerialDevice, SerialEntity, SerialSpec};
 use serde::Serialize;
@@ -387,7 +387,7 @@ impl Devices {
     }
 
     /// Puts every output in its safe state and publishes it, and marks every device
-    /// `offline`; returns once that is out (or at once if the runner has already stopped).
+    /// `offline` (in id order); returns once that is out (or at once if the runner has already stopped).
     pub async fn stop(&self) {
         let (done_tx, done_rx) = oneshot::channel();
         if self.inner.stop.send(done_tx).await.is_ok() {
@@ -566,7 +566,8 @@ impl Runner {
         while let Ok(update) = inputs.updates.try_recv() {
             self.publish_state(update).await;
         }
-        let ids: Vec<String> = self.devices.inner.routes.keys().cloned().collect();
+        let mut ids: Vec<String> = self.devices.inner.routes.keys().cloned().collect();
+        ids.sort();
         for device in ids {
             self.set_available(&device, false).await;
         }
@@ -671,6 +672,22 @@ impl Runner {
         }
     }
 
+    /// Why a command for a device that cannot be reached now is refused: a command that is
+    /// wrong in itself is refused for that, the rest as `unavailable` (`why`).
+    fn unreachable(&self, device: &str, entity: &str, payload: &[u8], why: &str) -> Refusal {
+        let key = (device.to_owned(), entity.to_owned());
+        match self.devices.inner.entities.get(&key) {
+            None => Refusal::Device(DeviceError::UnknownEntity {
+                device: key.0,
+                entity: key.1,
+            }),
+            Some(settings) => match parse_command(settings.kind, payload) {
+                Err(e) => Refusal::Device(e.into()),
+                Ok(_) => Refusal::Unavailable(why.to_owned()),
+            },
+        }
+    }
+
     /// Checks and routes a command; a refused one gets a log line and a metric.
     fn command(&self, message: &Message) {
         let Some((device, entity)) = self.topics.command_target(&self.node, &message.topic) else {
@@ -680,7 +697,7 @@ impl Runner {
             None => Err(Refusal::Device(DeviceError::UnknownDevice(
                 device.to_owned(),
             ))),
-            Some(Route::Down(why)) => Err(Refusal::Unavailable(why.clone())),
+            Some(Route::Down(why)) => Err(self.unreachable(device, entity, &message.payload, why)),
             Some(Route::Serial(serial)) => {
                 let online = self
                     .devices
@@ -693,9 +710,8 @@ impl Runner {
                         .command(entity, &message.payload)
                         .map_err(Refusal::Device)
                 } else {
-                    Err(Refusal::Unavailable(
-                        "its serial port is not connected".into(),
-                    ))
+                    let why = "its serial port is not connected";
+                    Err(self.unreachable(device, entity, &message.payload, why))
                 }
             }
             Some(Route::Board(n)) => match self.devices.inner.boards.get(*n) {

@@ -82,3 +82,23 @@ fn missing_file_is_a_clear_error() {
     assert_eq!(code, Some(2));
     assert!(err.contains("/nonexistent/roost.toml"), "{err}");
 }
+
+#[test]
+fn device_errors_name_the_device_entity_and_position() {
+    let (code, err) = check(
+        "[node]\nid = \"node-a\"\n[[devices]]\nid = \"hall\"\nentities = [\n  { id = \"relay\", kind = \"switch\", pin = 40 },\n  { id = \"door\", kind = \"binary_sensor\", pin = 27, pulse = \"1s\" },\n]\n",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    // Each line is FILE:LINE:COL: message, the file as given.
+    let lines: Vec<&str> = err
+        .lines()
+        .map(|l| l.split_once("node.toml:").map_or(l, |(_, rest)| rest))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "6:42: device \"hall\", entity \"relay\": pin 40 must be a BCM pin number, 0-27",
+            "7:60: device \"hall\", entity \"door\": pulse applies only to button entities",
+        ]
+    );
+}

@@ -101,11 +101,12 @@ fn a_json_lines_device_reports_obeys_and_survives_unplugging() {
         1.0
     );
 
-    // Unplugged: unavailable, and commands are refused as such.
+    // Unplugged: unavailable, and commands are refused as such (a bad one for what it is).
     let pid = node.pid();
     drop(emulator);
     sub.expect_message(&availability, "offline");
     set(&node, &format!("{base}/pump/set"), "ON");
+    set(&node, &format!("{base}/pump/set"), "maybe");
 
     // Plugged back in: available again by itself, asked for its state, and obeying.
     let emulator = json_device(&port);
@@ -127,6 +128,10 @@ fn a_json_lines_device_reports_obeys_and_survives_unplugging() {
     assert_eq!(
         node.metric(r#"roost_device_command_errors_total{reason="unavailable"}"#),
         1.0
+    );
+    assert_eq!(
+        node.metric(r#"roost_device_command_errors_total{reason="bad_payload"}"#),
+        2.0
     );
     assert_eq!(
         node.metric(r#"roost_serial_disconnects_total{device="garden"}"#),

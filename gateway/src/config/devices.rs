@@ -197,16 +197,17 @@ struct Taken {
 }
 
 /// Checks every `[[devices]]` entry; `reserved` are ids the node uses itself (the demo
-/// devices, when on).
+/// devices, when on), `backend` the GPIO backend the node's GPIO devices are on.
 pub(super) fn validate(
     v: &mut Validator<'_>,
     raw: Vec<Spanned<DeviceConfig>>,
     reserved: &[&str],
+    backend: Backend,
 ) -> Vec<DeviceSettings> {
     let mut taken = Taken::default();
     raw.into_iter()
         .enumerate()
-        .filter_map(|(n, entry)| validate_device(v, &mut taken, n, entry, reserved))
+        .filter_map(|(n, entry)| validate_device(v, &mut taken, n, entry, reserved, backend))
         .collect()
 }
 
@@ -216,6 +217,7 @@ fn validate_device(
     n: usize,
     entry: Spanned<DeviceConfig>,
     reserved: &[&str],
+    backend: Backend,
 ) -> Option<DeviceSettings> {
     let span = entry.span();
     let DeviceConfig {
@@ -269,6 +271,7 @@ fn validate_device(
             where_: &where_,
             index: m,
             attachment: &shape,
+            simulated: backend == Backend::Simulated,
         };
         match validate_entity(v, &context, entity) {
             Some((entity, id_span, pin_span)) => {
@@ -306,6 +309,8 @@ struct EntityContext<'a> {
     where_: &'a str,
     index: usize,
     attachment: &'a Attachment,
+    /// Whether a GPIO entity would be on a simulated board.
+    simulated: bool,
 }
 
 /// Records the pin an entity uses; a pin used twice is an error at the second use. GPIO
@@ -473,13 +478,13 @@ fn validate_entity(
         id,
         name,
         kind,
-        pin,
-        invert,
-        pull,
-        debounce,
-        pulse,
-        safe_state,
-        unit,
+        mut pin,
+        mut invert,
+        mut pull,
+        mut debounce,
+        mut pulse,
+        mut safe_state,
+        mut unit,
     } = raw.into_inner();
     let where_ = context.where_;
     let Some(id) = id else {
@@ -492,6 +497,7 @@ fn validate_entity(
     let mut ok = check_id(v, &id, &format!("{where_}: entity id"));
     let at = format!("{where_}, entity {:?}", id.get_ref());
     let name = check_name(v, name, &at, id.get_ref());
+    let kind_span = kind.as_ref().map_or(id.span(), Spanned::span);
     let kind = match kind {
         None => {
             v.error(
@@ -523,65 +529,64 @@ fn validate_entity(
         }
     );
 
-    // A key that does not apply to this kind or attachment is an error at the key.
-    let mut refuse = |v: &mut Validator<'_>, key: &str, span: Option<Range<usize>>, why: &str| {
-        if let Some(span) = span {
-            v.error(Some(span), format!("{at}: {key} {why}"));
-            ok = false;
-        }
-    };
+    // A key that does not apply to this kind or attachment is an error at the key (and its
+    // value is not checked as well).
+    let gpio_only = "applies only to GPIO entities";
+    let binary_only = "applies only to binary_sensor entities";
     if !gpio {
-        let why = "applies only to GPIO entities";
-        refuse(v, "invert", invert.as_ref().map(Spanned::span), why);
-        refuse(v, "pull", pull.as_ref().map(Spanned::span), why);
-        refuse(v, "debounce", debounce.as_ref().map(Spanned::span), why);
-        refuse(v, "safe_state", safe_state.as_ref().map(Spanned::span), why);
+        ok &= refuse(v, &at, "invert", &mut invert, gpio_only);
+        ok &= refuse(v, &at, "pull", &mut pull, gpio_only);
+        ok &= refuse(v, &at, "debounce", &mut debounce, gpio_only);
+        ok &= refuse(v, &at, "safe_state", &mut safe_state, gpio_only);
     } else {
         if kind == Kind::Sensor {
-            refuse(
-                v,
-                "invert",
-                invert.as_ref().map(Spanned::span),
-                "does not apply to a sensor",
-            );
+            ok &= refuse(v, &at, "invert", &mut invert, "does not apply to a sensor");
         }
         if kind != Kind::BinarySensor {
-            let why = "applies only to binary_sensor entities";
-            refuse(v, "pull", pull.as_ref().map(Spanned::span), why);
-            refuse(v, "debounce", debounce.as_ref().map(Spanned::span), why);
+            ok &= refuse(v, &at, "pull", &mut pull, binary_only);
+            ok &= refuse(v, &at, "debounce", &mut debounce, binary_only);
         }
         if !matches!(kind, Kind::Switch | Kind::Light) {
-            refuse(
+            ok &= refuse(
                 v,
+                &at,
                 "safe_state",
-                safe_state.as_ref().map(Spanned::span),
+                &mut safe_state,
                 "applies only to switch and light entities (a button is always off at rest)",
             );
         }
     }
     if kind != Kind::Button {
-        refuse(
+        ok &= refuse(
             v,
+            &at,
             "pulse",
-            pulse.as_ref().map(Spanned::span),
+            &mut pulse,
             "applies only to button entities",
         );
     }
     if kind != Kind::Sensor {
-        refuse(
-            v,
-            "unit",
-            unit.as_ref().map(Spanned::span),
-            "applies only to sensor entities",
-        );
+        ok &= refuse(v, &at, "unit", &mut unit, "applies only to sensor entities");
     }
     if json_lines {
-        refuse(
+        ok &= refuse(
             v,
+            &at,
             "pin",
-            pin.as_ref().map(Spanned::span),
+            &mut pin,
             "does not apply to a json_lines device (its entities are matched by id)",
         );
+    }
+    if gpio && kind == Kind::Sensor && !context.simulated {
+        v.error(
+            Some(kind_span),
+            format!(
+                "{at}: a GPIO sensor reads an analog input, which only the simulated board has \
+                 (gpio.backend = \"simulated\"); on a Raspberry Pi, read it through a serial \
+                 board (a Firmata board's analog pins)"
+            ),
+        );
+        ok = false;
     }
 
     let mut pin_span = None;
@@ -721,6 +726,24 @@ fn validate_entity(
             pin_span,
         )
     })
+}
+
+/// Reports `raw`, when given, as `key` that does not apply (`why`), and drops it so that its
+/// value is not checked as well; returns whether the key was absent.
+fn refuse<T>(
+    v: &mut Validator<'_>,
+    at: &str,
+    key: &str,
+    raw: &mut Option<Spanned<T>>,
+    why: &str,
+) -> bool {
+    match raw.take() {
+        Some(raw) => {
+            v.error(Some(raw.span()), format!("{at}: {key} {why}"));
+            false
+        }
+        None => true,
+    }
 }
 
 fn check_id(v: &mut Validator<'_>, raw: &Spanned<String>, key: &str) -> bool {

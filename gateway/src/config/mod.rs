@@ -512,7 +512,8 @@ pub enum LogFormat {
 /// `[demo]`: simulated devices for a first look.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DemoSettings {
-    /// `demo.enabled`: run a simulated relay, button and temperature sensor. Default `false`
+    /// `demo.enabled`: run the demo devices (a relay, a button, a door contact and a
+    /// temperature sensor) on a simulated board of their own. Default `false`
     /// in a file; the no-argument mode turns it on.
     pub enabled: bool,
 }
@@ -887,7 +888,7 @@ impl FileConfig {
             &[]
         };
         let gpio = gpio.validate(v);
-        let devices = devices::validate(v, devices, reserved);
+        let devices = devices::validate(v, devices, reserved, gpio.backend);
 
         Settings {
             node: NodeSettings {
@@ -1141,7 +1142,7 @@ fn validate_witness(
     .filter(|_| ok)
 }
 
-/// Parses `<integer><unit>` with unit `ms`, `s`, `m` or `h`, e.g. `500ms`, `10s`, `2m`.
+/// Parses `<integer><unit>` with unit `ms`, `s`, `m`, `h` or `d`, e.g. `500ms`, `10s`, `2m`.
 fn parse_duration(raw: &str) -> Result<Duration, String> {
     const EXPECTED: &str = "expected an integer followed by ms, s, m, h or d, like \"10s\"";
     let digits_end = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
@@ -2049,6 +2050,16 @@ password = "s3cret"
                 6, 60,
                 "device \"a\", entity \"t\": invert applies only to GPIO entities",
             ),
+            (
+                "[[devices]]\nid = \"a\"\nentities = [{ id = \"t\", kind = \"sensor\", pin = 0, debounce = \"x\" }]\n[gpio]\nbackend = \"simulated\"\n",
+                5, 62,
+                "device \"a\", entity \"t\": debounce applies only to binary_sensor entities",
+            ),
+            (
+                "[gpio]\nbackend = \"rppal\"\n[[devices]]\nid = \"a\"\nentities = [{ id = \"t\", kind = \"sensor\", pin = 0 }]\n",
+                7, 32,
+                "device \"a\", entity \"t\": a GPIO sensor reads an analog input, which only the simulated board has (gpio.backend = \"simulated\"); on a Raspberry Pi, read it through a serial board (a Firmata board's analog pins)",
+            ),
         ];
         for (body, line, col, message) in cases {
             let (l, c, m) = single(&format!("{head}{body}"));
@@ -2087,6 +2098,8 @@ serial = { port = "/dev/ttyUSB0", protocol = "json_lines" }
 entities = [{ id = "x", kind = "switch" }]
 [[devices]]
 id = "e"
+[gpio]
+backend = "simulated"
 "#,
         );
         let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
