@@ -63,17 +63,9 @@ pub enum DevicesError {
 /// Why the simulation hook refused a request.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
-    /// No such device on this node.
-    #[error("no device {0:?} on this node")]
-    UnknownDevice(String),
-    /// No such entity in the device.
-    #[error("device {device:?} has no entity {entity:?}")]
-    UnknownEntity {
-        /// The device.
-        device: String,
-        /// The entity.
-        entity: String,
-    },
+    /// No such device on this node, or no such entity in the device.
+    #[error(transparent)]
+    Unknown(DeviceError),
     /// The entity is on real hardware or a serial port.
     #[error("{0:?} is not on a simulated board")]
     NotSimulated(String),
@@ -416,17 +408,19 @@ impl Devices {
         entity: &str,
     ) -> Result<(&SimGpio, &EntitySettings), SimError> {
         let Some(route) = self.inner.routes.get(device) else {
-            return Err(SimError::UnknownDevice(device.to_owned()));
+            return Err(SimError::Unknown(DeviceError::UnknownDevice(
+                device.to_owned(),
+            )));
         };
         let Some(settings) = self
             .inner
             .entities
             .get(&(device.to_owned(), entity.to_owned()))
         else {
-            return Err(SimError::UnknownEntity {
+            return Err(SimError::Unknown(DeviceError::UnknownEntity {
                 device: device.to_owned(),
                 entity: entity.to_owned(),
-            });
+            }));
         };
         let sim = match route {
             Route::Board(n) => self.inner.boards.get(*n).and_then(|b| b.sim.as_deref()),

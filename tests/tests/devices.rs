@@ -23,6 +23,25 @@ fn serial_device(id: &str, port: &Path, protocol: &str, entities: &str) -> Strin
     )
 }
 
+/// Starts node `node` with one serial device on `port`, subscribes to the device's topics,
+/// and waits for it to come online; returns the node, the device's topic root and the
+/// subscription.
+fn start_with_serial(
+    node: &str,
+    device: &str,
+    port: &Path,
+    protocol: &str,
+    entities: &str,
+) -> (Node, String, MosquittoSub) {
+    let node = Node::builder(node)
+        .config(&serial_device(device, port, protocol, entities))
+        .start();
+    let base = format!("roost/home/devices/{}/{device}", node.id);
+    let mut sub = MosquittoSub::start(&node, &["-t", &format!("{base}/#"), "-q", "1"]);
+    sub.expect_message(&format!("{base}/availability"), "online");
+    (node, base, sub)
+}
+
 fn set(node: &Node, topic: &str, payload: &str) {
     mosquitto_pub(node, &["-t", topic, "-m", payload, "-q", "1"]);
 }
@@ -32,22 +51,18 @@ fn a_json_lines_device_reports_obeys_and_survives_unplugging() {
     let dir = tempfile::tempdir().unwrap();
     let port = dir.path().join("ttyGARDEN");
     let emulator = json_device(&port);
-    let node = Node::builder("shed")
-        .config(&serial_device(
-            "garden",
-            &port,
-            "json_lines",
-            r#"{ id = "pump", kind = "switch" }, { id = "soil", kind = "sensor", unit = "%" }"#,
-        ))
-        .start();
-    let base = "roost/home/devices/shed/garden";
+    let (node, base, mut sub) = start_with_serial(
+        "shed",
+        "garden",
+        &port,
+        "json_lines",
+        r#"{ id = "pump", kind = "switch" }, { id = "soil", kind = "sensor", unit = "%" }"#,
+    );
     let (availability, pump, soil) = (
         format!("{base}/availability"),
         format!("{base}/pump/state"),
         format!("{base}/soil/state"),
     );
-    let mut sub = MosquittoSub::start(&node, &["-t", &format!("{base}/#"), "-q", "1"]);
-    sub.expect_message(&availability, "online");
     emulator.expect(|m| *m == NodeMessage::Query, "the node's query");
 
     // A reading on the wire becomes the retained state.
@@ -144,22 +159,18 @@ fn a_firmata_board_is_set_up_reports_obeys_and_survives_unplugging() {
     let dir = tempfile::tempdir().unwrap();
     let port = dir.path().join("ttyUNO");
     let board = firmata_board(&port);
-    let node = Node::builder("bench")
-        .config(&serial_device(
-            "uno",
-            &port,
-            "firmata",
-            r#"{ id = "relay", kind = "switch", pin = 13 },
+    let (node, base, mut sub) = start_with_serial(
+        "bench",
+        "uno",
+        &port,
+        "firmata",
+        r#"{ id = "relay", kind = "switch", pin = 13 },
   { id = "door", kind = "binary_sensor", pin = 2 },
   { id = "dimmer", kind = "light", pin = 9 },
   { id = "light_level", kind = "sensor", pin = 14 },
   { id = "bell", kind = "button", pin = 7, pulse = "100ms" },"#,
-        ))
-        .start();
-    let base = "roost/home/devices/bench/uno";
+    );
     let topic = |entity: &str| format!("{base}/{entity}/state");
-    let mut sub = MosquittoSub::start(&node, &["-t", &format!("{base}/#"), "-q", "1"]);
-    sub.expect_message(&format!("{base}/availability"), "online");
     let set_up = |board: &roost_tests::serial::Emulator<ToBoard>| {
         board.expect(|f| *f == ToBoard::QueryFirmware, "the firmware query");
         board.expect(

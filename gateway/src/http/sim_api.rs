@@ -33,7 +33,7 @@ type Refusal = (StatusCode, Json<serde_json::Value>);
 
 fn refuse(state: &AppState, error: &SimError) -> Refusal {
     let status = match error {
-        SimError::UnknownDevice(_) | SimError::UnknownEntity { .. } => StatusCode::NOT_FOUND,
+        SimError::Unknown(_) => StatusCode::NOT_FOUND,
         SimError::NotSimulated(_) => StatusCode::CONFLICT,
         SimError::WrongInput(_) | SimError::Gpio(_) => StatusCode::BAD_REQUEST,
     };
