@@ -24,6 +24,7 @@ use crate::config::{Attachment, DeviceSettings, EntitySettings, GpioSettings, No
 use crate::demo;
 use crate::replication::Replicated;
 use crate::state::{Key, Namespace};
+use crate::telemetry::registered;
 use crate::topics::Topics;
 
 /// At most one log line per device for malformed serial input in this long; the rest are
@@ -127,56 +128,57 @@ struct Metrics {
 
 impl Metrics {
     fn register(registry: &Registry) -> Result<Metrics, prometheus::Error> {
-        let metrics = Metrics {
-            commands: IntCounter::new(
-                "roost_device_commands_total",
-                "Device commands accepted from MQTT",
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            registered(registry, IntCounterVec::new(Opts::new(name, help), labels)?)
+        };
+        Ok(Metrics {
+            commands: registered(
+                registry,
+                IntCounter::new(
+                    "roost_device_commands_total",
+                    "Device commands accepted from MQTT",
+                )?,
             )?,
-            command_errors: IntCounterVec::new(
-                Opts::new(
-                    "roost_device_command_errors_total",
-                    "Device commands refused, by reason",
-                ),
+            command_errors: counter_vec(
+                "roost_device_command_errors_total",
+                "Device commands refused, by reason",
                 &["reason"],
             )?,
-            updates: IntCounter::new(
-                "roost_device_state_updates_total",
-                "Entity states published",
+            updates: registered(
+                registry,
+                IntCounter::new(
+                    "roost_device_state_updates_total",
+                    "Entity states published",
+                )?,
             )?,
-            store_errors: IntCounter::new(
-                "roost_device_store_errors_total",
-                "Entity states that could not be written to the state store",
+            store_errors: registered(
+                registry,
+                IntCounter::new(
+                    "roost_device_store_errors_total",
+                    "Entity states that could not be written to the state store",
+                )?,
             )?,
-            available: IntGaugeVec::new(
-                Opts::new(
-                    "roost_device_available",
-                    "1 while the device can be reached, else 0",
-                ),
-                &["device"],
+            available: registered(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "roost_device_available",
+                        "1 while the device can be reached, else 0",
+                    ),
+                    &["device"],
+                )?,
             )?,
-            malformed: IntCounterVec::new(
-                Opts::new(
-                    "roost_serial_malformed_total",
-                    "Malformed input skipped from serial devices, by device and kind",
-                ),
+            malformed: counter_vec(
+                "roost_serial_malformed_total",
+                "Malformed input skipped from serial devices, by device and kind",
                 &["device", "reason"],
             )?,
-            disconnects: IntCounterVec::new(
-                Opts::new(
-                    "roost_serial_disconnects_total",
-                    "Times a serial device's port failed (unplugged, reset)",
-                ),
+            disconnects: counter_vec(
+                "roost_serial_disconnects_total",
+                "Times a serial device's port failed (unplugged, reset)",
                 &["device"],
             )?,
-        };
-        registry.register(Box::new(metrics.commands.clone()))?;
-        registry.register(Box::new(metrics.command_errors.clone()))?;
-        registry.register(Box::new(metrics.updates.clone()))?;
-        registry.register(Box::new(metrics.store_errors.clone()))?;
-        registry.register(Box::new(metrics.available.clone()))?;
-        registry.register(Box::new(metrics.malformed.clone()))?;
-        registry.register(Box::new(metrics.disconnects.clone()))?;
-        Ok(metrics)
+        })
     }
 }
 
@@ -210,8 +212,8 @@ struct Shared {
     entities: HashMap<(String, String), EntitySettings>,
     /// Asks the runner to stop; it answers once the safe states and `offline` are out.
     stop: mpsc::Sender<oneshot::Sender<()>>,
-    /// How many devices there are, and how many can be reached now.
-    counts: std::sync::Mutex<HashMap<String, bool>>,
+    /// Every device, and whether it can be reached now.
+    available: std::sync::Mutex<HashMap<String, bool>>,
 }
 
 /// How many devices a node has and how many can be reached, for `/health`.
@@ -353,7 +355,7 @@ impl Devices {
                 routes,
                 entities,
                 stop: stop_tx,
-                counts: std::sync::Mutex::new(HashMap::new()),
+                available: std::sync::Mutex::new(HashMap::new()),
             }),
         };
         let runner = Runner {
@@ -389,16 +391,19 @@ impl Devices {
 
     /// How many devices there are, and how many can be reached now.
     pub fn counts(&self) -> DeviceCounts {
-        let counts = self.lock_counts();
+        let counts = self.lock_available();
         DeviceCounts {
             total: counts.len(),
             available: counts.values().filter(|up| **up).count(),
         }
     }
 
-    fn lock_counts(&self) -> std::sync::MutexGuard<'_, HashMap<String, bool>> {
+    fn lock_available(&self) -> std::sync::MutexGuard<'_, HashMap<String, bool>> {
         // A poisoned lock means a panic elsewhere; the map itself is still consistent.
-        self.inner.counts.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner
+            .available
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The simulated board and the entity `device`/`entity` is on.
@@ -624,7 +629,9 @@ impl Runner {
     }
 
     async fn set_available(&mut self, device: &str, online: bool) {
-        self.devices.lock_counts().insert(device.to_owned(), online);
+        self.devices
+            .lock_available()
+            .insert(device.to_owned(), online);
         self.metrics
             .available
             .with_label_values(&[device])
@@ -695,7 +702,7 @@ impl Runner {
             Some(Route::Serial(serial)) => {
                 let online = self
                     .devices
-                    .lock_counts()
+                    .lock_available()
                     .get(device)
                     .copied()
                     .unwrap_or(false);

@@ -4,6 +4,16 @@
 
 use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
+/// Registers `collector` on `registry` and hands it back, for a part's `Metrics::register`
+/// to build and register each series in one expression.
+pub fn registered<C>(registry: &Registry, collector: C) -> Result<C, prometheus::Error>
+where
+    C: prometheus::core::Collector + Clone + 'static,
+{
+    registry.register(Box::new(collector.clone()))?;
+    Ok(collector)
+}
+
 /// The registry plus the series the gateway itself owns; cheap to clone.
 #[derive(Clone)]
 pub struct Telemetry {

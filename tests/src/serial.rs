@@ -53,15 +53,9 @@ impl<T: Send + std::fmt::Debug + 'static> Emulator<T> {
                 .build()
                 .expect("a runtime for the emulator");
             runtime.block_on(async move {
-                let (device, name) = open_pty();
                 // The node's end stays open until the unplug, so that the device end's reads
                 // do not fail before the node opens it.
-                let held = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .custom_flags(libc::O_NOCTTY)
-                    .open(&name)
-                    .expect("the pty's node end opens");
+                let (device, held, name) = open_pty();
                 repoint(&link, Path::new(&name));
                 ready_tx.send(()).expect("the test waits");
                 // A pty's master is a stream like a pipe's ends: non-blocking, readable and
@@ -141,9 +135,9 @@ impl<T> Drop for Emulator<T> {
 }
 
 /// Opens a pseudo-terminal: its device end (the master), non-blocking and closed on exec (so
-/// that no process the tests start keeps it open after an unplug), and the path of its node
-/// end, set to raw mode.
-fn open_pty() -> (std::fs::File, String) {
+/// that no process the tests start keeps it open after an unplug), its node end set to raw
+/// mode, and that end's path.
+fn open_pty() -> (std::fs::File, std::fs::File, String) {
     let master = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -166,7 +160,7 @@ fn open_pty() -> (std::fs::File, String) {
     termios.make_raw();
     rustix::termios::tcsetattr(&node_end, rustix::termios::OptionalActions::Now, &termios)
         .expect("raw mode");
-    (master, name)
+    (master, node_end, name)
 }
 
 /// Points `link` at `target`, atomically (the node may be opening it at that moment).
